@@ -1,0 +1,1 @@
+"""Data layer: volumes in world mm, the sample cohort, pseudo-subjects and cohort manifests."""

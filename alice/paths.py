@@ -1,0 +1,18 @@
+"""Where things live: the shipped sample cohort and the user's workspace (one place for every default path)."""
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_COHORT_DIR = REPO_ROOT / "data" / "sample_cohort"
+SAMPLE_MANIFEST = SAMPLE_COHORT_DIR / "manifest.csv"
+
+
+def workspace_dir() -> Path:
+    """The folder for everything the user adds or the pipeline produces (``ALICE_WORKSPACE`` overrides it)."""
+    return Path(os.environ.get("ALICE_WORKSPACE", REPO_ROOT / "workspace")).resolve()
+
+
+def user_cohort_dir() -> Path:
+    """Cases the user added through the app or the CLI live here, converted; sources are never touched."""
+    return workspace_dir() / "user_cohort"
