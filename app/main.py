@@ -1,0 +1,10 @@
+"""Alice Explorer: the router. Page config and navigation only; each page lives in ``pages/``."""
+
+import streamlit as st
+
+st.set_page_config(page_title="Alice Explorer", layout="wide")
+st.navigation([
+    st.Page("../pages/home.py", title="Home", icon=":material/home:", default=True),
+    st.Page("../pages/viewer.py", title="Cohort viewer", icon=":material/view_in_ar:"),
+    st.Page("../pages/add_case.py", title="Add a case", icon=":material/upload_file:"),
+]).run()

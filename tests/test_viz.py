@@ -1,0 +1,134 @@
+"""Display helpers: HU windows, the radiological display convention, mm extents, label colours and overlays."""
+
+import numpy as np
+import pytest
+
+from alice import viz
+from alice.data.io import Volume, load_volume
+from tests.conftest import asymmetric_array, write_nifti
+
+SHAPE = (12, 10, 8)
+
+
+def test_window_maps_its_edges_to_black_and_white_and_clips_outside():
+    gray = viz.window_to_uint8(np.array([-1000, -160, 40, 240, 3000]), width=400, level=40)
+    assert gray.dtype == np.uint8
+    assert gray.tolist() == [0, 0, 128, 255, 255]
+
+
+def test_window_width_must_be_positive():
+    with pytest.raises(ValueError, match="width"):
+        viz.window_to_uint8(np.zeros(3), width=0, level=40)
+
+
+def test_presets_are_the_ohif_numbers_and_custom_is_recognised():
+    assert viz.WINDOW_PRESETS["Lung"] == (1500, -600)
+    assert viz.WINDOW_PRESETS["Soft tissue / abdomen"] == (400, 40)
+    assert viz.WINDOW_PRESETS["Bone"] == (2500, 480)
+    assert viz.preset_name(150, 90) == "Liver"
+    assert viz.preset_name(351, 40) == viz.CUSTOM_WINDOW
+
+
+def test_bright_voxel_at_patient_right_shows_on_image_left_from_a_las_file(tmp_path):
+    """LAS on disk: i=0 is the patient's right; after loading, axial and coronal show it in column 0."""
+    las = np.diag([-2.0, 3.0, 4.0, 1.0])
+    stored = np.zeros(SHAPE, np.int16)
+    stored[0, 4, 3] = 1000
+    volume = load_volume(write_nifti(tmp_path / "las.nii.gz", stored, las))
+    i, j, k = np.argwhere(volume.array == 1000)[0]
+    assert volume.ijk_to_xyz((i, j, k))[0] == pytest.approx(0.0)  # the right-most voxel: largest x in RAS+
+    assert i == SHAPE[0] - 1
+
+    axial = viz.extract_slice(volume.array, "axial", k)
+    coronal = viz.extract_slice(volume.array, "coronal", j)
+    assert np.argwhere(axial == 1000)[0][1] == 0
+    assert np.argwhere(coronal == 1000)[0][1] == 0
+
+
+def test_anterior_at_top_of_axial_superior_at_top_and_anterior_left_in_sagittal():
+    array = np.zeros(SHAPE, np.int16)
+    array[5, SHAPE[1] - 1, 4] = 1  # most anterior
+    array[5, 2, SHAPE[2] - 1] = 2  # most superior
+    axial = viz.extract_slice(array, "axial", 4)
+    assert np.argwhere(axial == 1)[0][0] == 0  # top row
+    assert np.argwhere(viz.extract_slice(array, "coronal", 2) == 2)[0][0] == 0  # top row
+    sagittal = viz.extract_slice(array, "sagittal", 5)
+    assert sagittal.shape == (SHAPE[2], SHAPE[1])
+    assert np.argwhere(sagittal == 2)[0][0] == 0  # top row
+    assert np.argwhere(sagittal == 1)[0][1] == 0  # left column
+
+
+def test_edge_letters_follow_the_convention():
+    assert viz.PLANE_SPECS["axial"].edges == {"top": "A", "bottom": "P", "left": "R", "right": "L"}
+    assert viz.PLANE_SPECS["coronal"].edges == {"top": "S", "bottom": "I", "left": "R", "right": "L"}
+    assert viz.PLANE_SPECS["sagittal"].edges == {"top": "S", "bottom": "I", "left": "A", "right": "P"}
+
+
+@pytest.mark.parametrize("plane", viz.PLANES)
+def test_pixel_and_voxel_indices_round_trip_and_match_the_slice(plane):
+    array = asymmetric_array(SHAPE)
+    ijk = (7, 3, 5)
+    index = ijk[viz.PLANE_SPECS[plane].fixed_axis]
+    row, col = viz.ijk_to_pixel(ijk, SHAPE, plane)
+    assert viz.pixel_to_ijk(row, col, index, SHAPE, plane) == ijk
+    assert viz.extract_slice(array, plane, index)[row, col] == array[ijk]
+    assert viz.extract_slice(array, plane, index).shape == viz.slice_shape(SHAPE, plane)
+
+
+def test_extents_are_in_mm_so_anisotropic_voxels_are_not_squashed():
+    shape, spacing = (512, 512, 133), (0.7, 0.7, 2.5)
+    assert viz.extent_mm(shape, spacing, "axial") == pytest.approx((512 * 0.7, 512 * 0.7))
+    assert viz.extent_mm(shape, spacing, "coronal") == pytest.approx((512 * 0.7, 133 * 2.5))
+    assert viz.extent_mm(shape, spacing, "sagittal") == pytest.approx((512 * 0.7, 133 * 2.5))
+    assert viz.pixel_spacing_mm(spacing, "sagittal") == (2.5, 0.7)
+
+
+def test_label_colours_are_distinct_deterministic_and_background_is_never_drawn():
+    colors = viz.LABEL_COLORS
+    assert colors.shape == (256, 3) and colors.dtype == np.uint8
+    assert len({tuple(c) for c in colors[1:]}) == 255
+    np.testing.assert_array_equal(colors, viz._label_color_table())
+    assert viz.label_color_hex(1) == "#{:02x}{:02x}{:02x}".format(*colors[1])
+    assert viz.label_color_index(np.array([0, 1, 255, 256])).tolist() == [0, 1, 255, 1]
+
+    gray = viz.gray_to_rgb(np.full((2, 2), 100, np.uint8))
+    labels = np.array([[0, 3], [0, 0]])
+    opaque = viz.blend_labels(gray, labels, opacity=1.0)
+    np.testing.assert_array_equal(opaque[0, 1], colors[3])
+    np.testing.assert_array_equal(opaque[0, 0], [100, 100, 100])
+    np.testing.assert_array_equal(viz.blend_labels(gray, labels, opacity=0.0), gray)
+
+
+def test_visible_labels_come_from_the_three_slices_through_the_crosshair():
+    label = np.zeros(SHAPE, np.uint8)
+    label[2, 2, 2] = 5  # on the axial slice k=2 only
+    label[0, 0, 0] = 9  # on none of the slices through (6, 5, 2)
+    assert viz.visible_labels(label, (6, 5, 2)) == [5]
+    assert viz.slice_label_values(label, "axial", 0) == (9,)
+
+
+def test_heat_overlay_draws_only_values_above_threshold():
+    rgb = viz.gray_to_rgb(np.zeros((1, 3), np.uint8))
+    out = viz.blend_heat(rgb, np.array([[0.2, 1.0, np.nan]]), vmin=0, vmax=1, opacity=1.0, threshold=0.5)
+    np.testing.assert_array_equal(out[0, 0], [0, 0, 0])
+    np.testing.assert_array_equal(out[0, 1], [255, 255, 255])
+    np.testing.assert_array_equal(out[0, 2], [0, 0, 0])
+
+
+def test_compose_slice_and_readout_and_markers():
+    image = Volume(asymmetric_array(SHAPE).astype(np.float32) / 1000, np.diag([2.0, 2.0, 3.0, 1.0]))
+    label = image.with_array(np.zeros(SHAPE, np.uint8))
+    label.array[7, 3, 5] = 4
+    rgb = viz.compose_slice(image.array, "axial", 5, viz.Window(1000, 0), label.array, 0.5)
+    assert rgb.shape == (*viz.slice_shape(SHAPE, "axial"), 3)
+
+    readout = viz.read_voxel(image, (7, 3, 5), label, {4: "liver"})
+    assert readout.xyz_mm == (14.0, 6.0, 15.0)
+    assert readout.structure == "liver" and readout.label == 4
+    assert viz.read_voxel(image, (0, 0, 0), label, {}).structure == ""
+
+    marker = viz.Marker((14.0, 6.0, 15.0), "here")
+    assert viz.markers_in_plane([marker], image, "axial", 5) == [(*viz.ijk_to_pixel((7, 3, 5), SHAPE, "axial"),
+                                                                   "here", True)]
+    assert viz.markers_in_plane([marker], image, "axial", 4)[0][3] is False
+    assert viz.markers_in_plane([viz.Marker((-500.0, 0.0, 0.0))], image, "axial", 4) == []
