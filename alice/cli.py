@@ -71,6 +71,91 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _training_records(manifest: Path, split: str):
+    from alice.data.cohort import load_manifest
+
+    records = load_manifest(manifest).split(split)
+    if not records:
+        raise InputError(manifest, f"has no case in split {split!r}")
+    return records
+
+
+def cmd_sam_train(args: argparse.Namespace) -> int:
+    from time import strftime
+
+    from alice.anatomy.model import PRESETS
+    from alice.anatomy.train import train_sam
+
+    records = _training_records(args.manifest, "train")
+    out = args.out or paths.runs_dir("sam") / f"{strftime('%Y%m%d-%H%M%S')}-{args.preset}"
+    bar = _progress(range(args.steps), desc="SAM training", unit="step")
+
+    def report(step: int, steps: int, record: dict) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{record['loss']:.3f}")
+
+    checkpoint = train_sam(records, PRESETS[args.preset], args.steps, out, seed=args.seed, progress=report)
+    bar.close()
+    print(f"trained on {len(records)} case(s): {', '.join(r.case_id for r in records)}")
+    print(f"wrote {checkpoint}")
+    return 0
+
+
+def cmd_sam_embed(args: argparse.Namespace) -> int:
+    from time import perf_counter
+
+    from alice.anatomy.cache import cached_embedding
+    from alice.data.cohort import load_manifest
+
+    cohort = load_manifest(args.manifest)
+    records = [cohort.get(c) for c in args.cases] if args.cases else list(cohort.cases)
+    rows = []
+    for record in _progress(records, desc="embedding", unit="case"):
+        start = perf_counter()
+        embedding = cached_embedding(args.checkpoint, record)
+        rows.append({"case": record.case_id, "seconds": round(perf_counter() - start, 2),
+                     "local_grid": list(embedding.local_map.shape[1:])})
+    if args.json:
+        print(json.dumps({"checkpoint": str(args.checkpoint), "cases": rows}))
+    else:
+        for row in rows:
+            print(f"{row['case']:<12} local grid {row['local_grid']}  {row['seconds']:.2f} s (cached entries are fast)")
+    return 0
+
+
+def cmd_mine(args: argparse.Namespace) -> int:
+    from alice.mining.views import mine_cohort, pairs_table, write_pairs
+
+    pairs = mine_cohort(args.manifest, args.split, args.n, args.mode, args.seed, args.checkpoint, args.threshold,
+                        args.max_tries, progress=lambda items: _progress(items, desc=f"mining ({args.mode})",
+                                                                          unit="pair"))
+    table = pairs_table(pairs)
+    if args.out:
+        write_pairs(pairs, args.out)
+    if args.json:
+        print(json.dumps({"mode": args.mode, "seed": args.seed, "pairs": table.to_dict("records")}))
+    else:
+        print(table.to_string(index=False))
+        if args.out:
+            print(f"\nwrote {args.out}")
+    return 0
+
+
+def cmd_eval_landmarks(args: argparse.Namespace) -> int:
+    from alice.anatomy.evaluate import run_landmark_evaluation
+
+    result = run_landmark_evaluation(args.manifest, args.checkpoint, args.source, args.split, seed=args.seed)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"landmark retrieval: {args.source} -> held-out pseudo-subjects ({', '.join(result['key_cases'])})")
+    print(f"{'method':<10} {'MRE':>8} {'median':>8} {'max':>8} {'<=5mm':>7} {'<=10mm':>7} {'<=20mm':>7} {'n':>5}")
+    for name, m in result["methods"].items():
+        print(f"{name:<10} {m['mre_mm']:>8.2f} {m['median_mm']:>8.2f} {m['max_mm']:>8.2f} {m['within_5mm']:>7.1%} "
+              f"{m['within_10mm']:>7.1%} {m['within_20mm']:>7.1%} {m['n']:>5}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alice", description="Alice Explorer: self-supervised learning for 3D CT.")
     parser.add_argument("--version", action="version", version=f"alice {__version__}")
@@ -110,6 +195,63 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--label-names", type=Path, help="CSV with columns value,name")
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.set_defaults(func=cmd_info)
+
+    sam = commands.add_parser("sam", help="SAM anatomical embedding: train, embed",
+                              description="SAM (Yan et al., TMI 2022) in pure torch: train it on a cohort, embed cases.")
+    sam_commands = sam.add_subparsers(dest="sam_command", required=True, metavar="COMMAND")
+    sam_train = sam_commands.add_parser(
+        "train", help="train SAM on the cohort's training split",
+        description="Intra-volume two-view InfoNCE training (local + global embeddings) on the training split; "
+                    "held-out cases are never used. Writes metrics.jsonl and checkpoints/last.pt in the run folder.")
+    sam_train.add_argument("--manifest", type=Path, default=paths.SAMPLE_MANIFEST, help="cohort (default: %(default)s)")
+    sam_train.add_argument("--preset", choices=["cpu", "published"], default="cpu",
+                           help="cpu: 4 mm input, small widths; published: the paper's 2 mm ResNet-18 (default: cpu)")
+    sam_train.add_argument("--steps", type=int, default=4000, help="optimiser steps (default: %(default)s)")
+    sam_train.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    sam_train.add_argument("--out", type=Path, help="run folder (default: <workspace>/runs/sam/<time>-<preset>)")
+    sam_train.set_defaults(func=cmd_sam_train)
+
+    sam_embed = sam_commands.add_parser(
+        "embed", help="compute (or reuse) whole-case SAM embeddings",
+        description="Embeddings are cached per (image content, checkpoint content) under <workspace>/embeddings/sam; "
+                    "a changed file or checkpoint is recomputed.")
+    sam_embed.add_argument("--checkpoint", type=Path, default=paths.sam_checkpoint(), help="(default: %(default)s)")
+    sam_embed.add_argument("--manifest", type=Path, default=paths.SAMPLE_MANIFEST, help="cohort (default: %(default)s)")
+    sam_embed.add_argument("--cases", nargs="*", help="case ids (default: all)")
+    sam_embed.add_argument("--json", action="store_true", help="print one JSON object")
+    sam_embed.set_defaults(func=cmd_sam_embed)
+
+    mine = commands.add_parser(
+        "mine", help="mine Alice view pairs (sam, random_cross, same_volume)",
+        description="Alice's view mining: a random foreground point (HU > -125, away from the border) of a query case, "
+                    "matched in a different case with SAM and accepted at the score threshold (else redrawn). "
+                    "random_cross and same_volume are the ablation baselines. Seeded.")
+    mine.add_argument("--mode", choices=["sam", "random_cross", "same_volume"], default="sam")
+    mine.add_argument("--n", type=int, default=20, help="pairs to mine (default: %(default)s)")
+    mine.add_argument("--seed", type=int, default=0)
+    mine.add_argument("--threshold", type=float, default=0.7, help="SAM score to accept (default: %(default)s)")
+    mine.add_argument("--max-tries", type=int, default=100, help="query points per pair at most (default: %(default)s)")
+    mine.add_argument("--split", default="train", help="cases to mine from (default: %(default)s)")
+    mine.add_argument("--manifest", type=Path, default=paths.SAMPLE_MANIFEST, help="cohort (default: %(default)s)")
+    mine.add_argument("--checkpoint", type=Path, default=paths.sam_checkpoint(), help="(default: %(default)s)")
+    mine.add_argument("--out", type=Path, help="write the table of pairs as CSV")
+    mine.add_argument("--json", action="store_true", help="print one JSON object")
+    mine.set_defaults(func=cmd_mine)
+
+    evaluate = commands.add_parser("eval", help="evaluations", description="Evaluation commands (--json for one object).")
+    eval_commands = evaluate.add_subparsers(dest="eval_command", required=True, metavar="COMMAND")
+    landmarks = eval_commands.add_parser(
+        "landmarks", help="landmark retrieval on held-out pseudo-subjects: SAM vs untrained vs NCC",
+        description="Structure-centroid landmarks of the source case matched into each held-out pseudo-subject "
+                    "(exact ground truth). Methods: sam (the checkpoint), untrained (same network, random init), "
+                    "ncc (normalised cross-correlation of HU patches). Reports MRE, median, max, within 5/10/20 mm.")
+    landmarks.add_argument("--checkpoint", type=Path, default=paths.sam_checkpoint(), help="(default: %(default)s)")
+    landmarks.add_argument("--manifest", type=Path, default=paths.SAMPLE_MANIFEST, help="cohort (default: %(default)s)")
+    landmarks.add_argument("--source", default="lidc0001", help="case whose landmarks are queried (default: %(default)s)")
+    landmarks.add_argument("--split", default="test", help="split of the key cases (default: %(default)s)")
+    landmarks.add_argument("--seed", type=int, default=0, help="seed of the untrained network (default: %(default)s)")
+    landmarks.add_argument("--json", action="store_true", help="print one JSON object")
+    landmarks.set_defaults(func=cmd_eval_landmarks)
     return parser
 
 

@@ -102,6 +102,24 @@ class PseudoTransform:
             raise InputError(path, f"cannot read the pseudo-subject correspondence: {exc}") from exc
 
 
+def true_position(query: CaseRecord, key: CaseRecord, xyz_mm) -> np.ndarray | None:
+    """Where points of ``query`` truly are in ``key`` (mm), when the two are related by stored correspondence.
+
+    Known for the same case, a source and its pseudo-subject (either way), and two pseudo-subjects of one source;
+    otherwise (two real patients) None.
+    """
+    xyz_mm = np.atleast_2d(np.asarray(xyz_mm, dtype=np.float64))
+    if query.case_id == key.case_id:
+        return xyz_mm
+    query_map = PseudoTransform.load(query.correspondence) if query.correspondence else None
+    key_map = PseudoTransform.load(key.correspondence) if key.correspondence else None
+    source = query_map.to_source(xyz_mm) if query_map else xyz_mm
+    source_case = query_map.source_case if query_map else query.case_id
+    if key_map is None:
+        return source if key.case_id == source_case else None
+    return key_map.from_source(source) if key_map.source_case == source_case else None
+
+
 def random_transform(source: Volume, rng: np.random.Generator, settings: DeformationSettings,
                      source_case: str) -> tuple[PseudoTransform, np.ndarray]:
     """Draw a transform; also return the forward affine (4x4, source mm -> pseudo mm) used to place the grid."""
