@@ -13,10 +13,7 @@ Every number in the written section is measured by this script.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
-import platform
-import re
 import socket
 import statistics
 import subprocess
@@ -26,23 +23,15 @@ import time
 import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench" / "RESULTS.md"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, machine, now, write_section  # noqa: E402  (bench/ is not a package)
+
 SECTION = "## App: cold start, viewer reruns, case loading (bench/bench_app.py)"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 GOAL_RERUN_S = 0.3
 GOAL_COLD_START_S = 10.0
-
-
-def machine() -> str:
-    """CPU count, CPU model and RAM, read from /proc."""
-    cpuinfo = Path("/proc/cpuinfo").read_text()
-    model = re.search(r"model name\s*:\s*(.+)", cpuinfo)
-    mem_kb = re.search(r"MemTotal:\s*(\d+)", Path("/proc/meminfo").read_text())
-    return (f"nproc {len(os.sched_getaffinity(0))}, {model.group(1).strip() if model else platform.processor()}, "
-            f"{int(mem_kb.group(1)) / 2**20:.1f} GiB RAM")
 
 
 def free_port() -> int:
@@ -173,14 +162,6 @@ def add_large_case(workspace: Path) -> str:
     return add_user_case(image_path, label_path, "large", case.record.label_names).case_id
 
 
-def write_section(text: str) -> None:
-    """Replace this script's section in RESULTS.md (or append it), keeping every other section."""
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
-    new = pattern.sub(lambda _: text, old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text
-    RESULTS.write_text(new)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-browser", action="store_true", help="skip the Chromium part of the cold start")
@@ -230,13 +211,13 @@ def main() -> None:
             "and serialisation), not the browser's drawing or the network.")
     lines = [SECTION, "",
              f"- Command: `python bench/bench_app.py{' --no-browser' if args.no_browser else ''}`",
-             f"- Date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
-             f"- Machine: {machine()}; Python {platform.python_version()}",
+             f"- Date: {now()}",
+             f"- Machine: {machine()}",
              "", "| measure | result |", "|---|---|",
              *(f"| {measure} | {result} |" for measure, result in rows),
              "", goals, note, ""]
     text = "\n".join(lines)
-    write_section(text)
+    write_section(SECTION, text)
     print(text)
 
 

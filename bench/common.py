@@ -1,0 +1,33 @@
+"""What every benchmark script shares: the machine description and writing its own section of RESULTS.md."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import re
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "RESULTS.md"
+
+
+def machine() -> str:
+    """CPU count, CPU model and RAM, read from /proc."""
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = re.search(r"model name\s*:\s*(.+)", cpuinfo)
+    mem_kb = re.search(r"MemTotal:\s*(\d+)", Path("/proc/meminfo").read_text())
+    return (f"nproc {len(os.sched_getaffinity(0))}, {model.group(1).strip() if model else platform.processor()}, "
+            f"{int(mem_kb.group(1)) / 2**20:.1f} GiB RAM; Python {platform.python_version()}")
+
+
+def now() -> str:
+    return dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def write_section(heading: str, text: str) -> None:
+    """Replace the section under ``heading`` in RESULTS.md (or append it), keeping every other section."""
+    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
+    new = pattern.sub(lambda _: text, old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text
+    RESULTS.write_text(new)
