@@ -13,6 +13,10 @@ AVAILABLE_COMMANDS: dict[str, str] = {
     "alice data prepare-samples": "build the sample cohort (real chest CTs and their labels)",
     "alice data pseudo-subjects": "make pseudo-subjects with exact voxel correspondence",
     "alice data info PATH": "describe a volume: shape, spacing, orientation, HU range, labels",
+    "alice sam train": "train the SAM anatomical embedding on a cohort (the view miner)",
+    "alice sam embed": "embed whole cases with a SAM checkpoint, into the embedding cache",
+    "alice mine": "mine Alice view pairs (sam, random_cross, same_volume) into a CSV",
+    "alice eval landmarks": "landmark retrieval on held-out pseudo-subjects: SAM vs an untrained net vs NCC",
 }
 
 
@@ -55,10 +59,10 @@ def pipeline_stages() -> list[Stage]:
     checkpoints = paths.REPO_ROOT / "checkpoints"
     workspace = paths.workspace_dir()
     outputs = [
-        ("SAM anatomical embedding checkpoint", checkpoints / "sam.pt", "alice sam train"),
-        ("SAM embedding cache", workspace / "sam_cache", "alice sam embed"),
-        ("Alice checkpoint (pretrained backbone)", checkpoints / "alice.pt", "alice pretrain"),
-        ("Embedding index", workspace / "index", "alice embed / alice index"),
-        ("Segmentation model", checkpoints / "segmentation.pt", "alice finetune"),
+        ("SAM anatomical embedding checkpoint", paths.sam_checkpoint(), "alice sam train", False),
+        ("SAM embedding cache", workspace / "embeddings" / "sam", "alice sam embed", False),
+        ("Alice checkpoint (pretrained backbone)", checkpoints / "alice.pt", "alice pretrain", True),
+        ("Embedding index", workspace / "index", "alice embed / alice index", True),
+        ("Segmentation model", checkpoints / "segmentation.pt", "alice finetune", True),
     ]
-    return [Stage(name, path, _present(path), command) for name, path, command in outputs]
+    return [Stage(name, path, _present(path), command, planned) for name, path, command, planned in outputs]

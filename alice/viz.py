@@ -43,6 +43,11 @@ WINDOW_PRESETS: dict[str, Window] = {
 }
 CUSTOM_WINDOW = "Custom"
 DEFAULT_WINDOW = "Soft tissue / abdomen"
+# What Alice's network sees: intensities clipped to [-125, 225] HU, then scaled to [0, 1].
+ALICE_WINDOW = Window(350, 50)
+# Alice's crop edge in voxels at native spacing (the cpu-tiny preset; the paper's GPU preset uses 64).
+ALICE_CROP_VOXELS = 48
+AIR_HU = -1024.0
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,44 @@ def extract_slice(array: np.ndarray, plane: str, index: int) -> np.ndarray:
     if spec.col_axis < spec.row_axis:
         section = section.T
     return section[::-1, ::-1]
+
+
+def crop_cube(array: np.ndarray, center_ijk, size_voxels: int = ALICE_CROP_VOXELS,
+              fill: float = AIR_HU) -> np.ndarray:
+    """A cube of ``size_voxels`` per side cut from ``array``, voxel ``size_voxels // 2`` on ``center_ijk``.
+
+    Voxels beyond the array are ``fill``: air by default, which Alice's window clips to the same 0 as its zero
+    padding of the scaled crop. Returns float32 (size, size, size).
+
+    Raises:
+        ValueError: ``size_voxels`` is not positive.
+    """
+    if size_voxels < 1:
+        raise ValueError(f"crop size must be positive, got {size_voxels}")
+    out = np.full((size_voxels,) * 3, fill, dtype=np.float32)
+    start = np.rint(np.asarray(center_ijk, dtype=np.float64)).astype(int) - size_voxels // 2
+    source, target = [], []
+    for begin, n in zip(start, array.shape):
+        low, high = max(begin, 0), min(begin + size_voxels, n)
+        if low >= high:  # the cube lies wholly outside the array
+            return out
+        source.append(slice(low, high))
+        target.append(slice(low - begin, high - begin))
+    out[tuple(target)] = array[tuple(source)]
+    return out
+
+
+def crop_planes(array: np.ndarray, center_ijk, size_voxels: int = ALICE_CROP_VOXELS,
+                fill: float = AIR_HU) -> dict[str, np.ndarray]:
+    """The axial, coronal and sagittal slices through the centre of a cube crop (see :func:`crop_cube`).
+
+    Returns:
+        Plane name -> (size, size) slice in the display convention; the crop centre shows at
+        ``ijk_to_pixel((size // 2,) * 3, (size,) * 3, plane)``.
+    """
+    cube = crop_cube(array, center_ijk, size_voxels, fill)
+    middle = size_voxels // 2
+    return {plane: extract_slice(cube, plane, middle) for plane in PLANES}
 
 
 def pixel_spacing_mm(spacing_mm, plane: str) -> tuple[float, float]:

@@ -7,4 +7,5 @@ st.navigation([
     st.Page("../pages/home.py", title="Home", icon=":material/home:", default=True),
     st.Page("../pages/viewer.py", title="Cohort viewer", icon=":material/view_in_ar:"),
     st.Page("../pages/add_case.py", title="Add a case", icon=":material/upload_file:"),
+    st.Page("../pages/view_mining.py", title="View mining", icon=":material/join_inner:"),
 ]).run()

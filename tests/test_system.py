@@ -9,14 +9,32 @@ def test_device_summary_names_a_device_and_torch():
     assert summary["torch"] and summary["threads"] >= 1
 
 
-def test_stages_are_planned_absent_and_turn_present_when_their_output_appears(monkeypatch, tmp_path):
+def test_stages_are_absent_until_their_output_appears_and_only_the_sam_stages_exist(monkeypatch, tmp_path):
     monkeypatch.setattr(paths, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(paths, "DEFAULT_SAM_CHECKPOINT", tmp_path / "checkpoints" / "sam_cpu.pt")
+    monkeypatch.delenv("ALICE_SAM_CHECKPOINT", raising=False)
     stages = system.pipeline_stages()
     assert [s.command for s in stages] == ["alice sam train", "alice sam embed", "alice pretrain",
                                            "alice embed / alice index", "alice finetune"]
-    assert all(s.planned and not s.present for s in stages)
+    assert [s.planned for s in stages] == [False, False, True, True, True]
+    assert not any(s.present for s in stages)
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "alice.pt").write_bytes(b"x")
+    (tmp_path / "checkpoints" / "sam_cpu.pt").write_bytes(b"x")
     (paths.workspace_dir() / "index").mkdir(parents=True)
     present = {s.name for s in system.pipeline_stages() if s.present}
-    assert present == {"Alice checkpoint (pretrained backbone)"}  # an empty index folder does not count
+    # An empty index folder does not count.
+    assert present == {"Alice checkpoint (pretrained backbone)", "SAM anatomical embedding checkpoint"}
+
+
+def test_the_sam_checkpoint_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv("ALICE_SAM_CHECKPOINT", raising=False)
+    assert paths.sam_checkpoint() == paths.DEFAULT_SAM_CHECKPOINT
+    monkeypatch.setenv("ALICE_SAM_CHECKPOINT", str(tmp_path / "mine.pt"))
+    assert paths.sam_checkpoint() == tmp_path / "mine.pt"
+    assert system.pipeline_stages()[0].path == tmp_path / "mine.pt"
+
+
+def test_the_sam_commands_are_listed_as_available():
+    assert {"alice sam train", "alice sam embed", "alice mine", "alice eval landmarks"} <= set(
+        system.AVAILABLE_COMMANDS)

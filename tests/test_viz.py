@@ -132,3 +132,28 @@ def test_compose_slice_and_readout_and_markers():
                                                                    "here", True)]
     assert viz.markers_in_plane([marker], image, "axial", 4)[0][3] is False
     assert viz.markers_in_plane([viz.Marker((-500.0, 0.0, 0.0))], image, "axial", 4) == []
+
+
+def test_crop_cube_centres_the_point_and_pads_with_air_outside():
+    array = asymmetric_array((12, 10, 8)).astype(np.float32)
+    cube = viz.crop_cube(array, (5, 4, 6), size_voxels=6)
+    assert cube.shape == (6, 6, 6) and cube.dtype == np.float32
+    assert cube[3, 3, 3] == array[5, 4, 6]
+    np.testing.assert_array_equal(cube[:, :, 0:5], array[2:8, 1:7, 3:8])
+    assert np.all(cube[:, :, 5] == viz.AIR_HU)  # beyond the last slice (k = 8)
+    corner = viz.crop_cube(array, (0, 0, 0), size_voxels=4, fill=-1)
+    assert np.all(corner[:2] == -1) and corner[2, 2, 2] == array[0, 0, 0]
+    assert np.all(viz.crop_cube(array, (100, 0, 0), size_voxels=4) == viz.AIR_HU)
+    with pytest.raises(ValueError, match="positive"):
+        viz.crop_cube(array, (0, 0, 0), size_voxels=0)
+
+
+def test_crop_planes_are_the_centre_slices_in_the_display_convention():
+    array = asymmetric_array((12, 10, 8)).astype(np.float32)
+    planes = viz.crop_planes(array, (5, 4, 3), size_voxels=4)
+    assert set(planes) == set(viz.PLANES) and all(p.shape == (4, 4) for p in planes.values())
+    for plane, picture in planes.items():
+        row, col = viz.ijk_to_pixel((2, 2, 2), (4, 4, 4), plane)
+        assert picture[row, col] == array[5, 4, 3]
+    # Axial: patient's right (high i) on the image's left, anterior (high j) at the top.
+    assert planes["axial"][0, 0] == array[5 + 1, 4 + 1, 3]

@@ -44,12 +44,17 @@ def _load_case(_record: CaseRecord, files: tuple) -> LoadedCase:
     return load_case(_record)
 
 
+def case_stamp(record: CaseRecord) -> tuple:
+    """A small cache key for a case: its id and the path and modification time of each of its files."""
+    files = tuple((str(p), _mtime_ns(p)) for p in (record.image, record.label, record.label_names,
+                                                    record.landmarks, record.correspondence))
+    return record.case_id, files
+
+
 def load_case_cached(record: CaseRecord) -> LoadedCase:
     """``load_case`` shared across reruns and sessions, reloaded when any of the case's files changes.
 
     Raises:
         InputError: a file is missing or unreadable (errors are not cached).
     """
-    files = tuple((str(p), _mtime_ns(p)) for p in (record.image, record.label, record.label_names,
-                                                    record.landmarks))
-    return _load_case(record, (record.case_id, files))
+    return _load_case(record, case_stamp(record))

@@ -89,7 +89,9 @@ def slice_figure(png_uri: str, plane: str, size: tuple[int, int], pixel_mm: tupl
     if markers:
         fig.add_trace(go.Scatter(
             x=[c * col_mm for _, c, _, _ in markers], y=[r * row_mm for r, _, _, _ in markers],
-            text=[t for _, _, t, _ in markers], mode="markers+text", textposition="top right",
+            text=[t for _, _, t, _ in markers], mode="markers+text",
+            # Labels point inward, so a marker near the right edge keeps its text on the view.
+            textposition=["top left" if c > cols / 2 else "top right" for _, c, _, _ in markers],
             textfont={"color": MARKER_COLOR, "size": 12}, hoverinfo="skip", showlegend=False,
             marker={"size": 11, "color": MARKER_COLOR, "line": {"width": 2, "color": MARKER_COLOR},
                     "symbol": ["circle" if on else "circle-open" for _, _, _, on in markers]}))

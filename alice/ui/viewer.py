@@ -29,7 +29,8 @@ DEFAULT_LABEL_OPACITY = 0.4
 def tri_planar_viewer(key: str, image: Volume, label: Volume | None = None,
                       label_names: dict[int, str] | None = None, *, case_key: str | None = None,
                       crosshair_ijk=None, overlays: tuple[viz.HeatOverlay, ...] = (),
-                      markers: tuple[viz.Marker, ...] = (), height_px: int = 380) -> viz.VoxelReadout:
+                      markers: tuple[viz.Marker, ...] = (), height_px: int = 380,
+                      labels_shown: bool = True) -> viz.VoxelReadout:
     """Draw the viewer and return what the crosshair points at.
 
     Args:
@@ -44,6 +45,7 @@ def tri_planar_viewer(key: str, image: Volume, label: Volume | None = None,
             (e.g. ``st.cache_resource``): each new ``Volume`` object is hashed once to key the slice cache.
         markers: points in world mm; drawn filled on their own slice and hollow on the others.
         height_px: height of each view.
+        labels_shown: whether the label toggle starts on (e.g. off where a heat map should stand out).
 
     Raises:
         ValueError: a label map or overlay does not share the image's grid.
@@ -58,7 +60,7 @@ def tri_planar_viewer(key: str, image: Volume, label: Volume | None = None,
     state.activate_case(ss, keys, case_key, image.shape, crosshair_ijk)
     state.sync_clicks(ss, keys, image.shape, image.spacing_mm)
 
-    show_labels, opacity = _controls(keys, label is not None)
+    show_labels, opacity = _controls(keys, label is not None, labels_shown)
     view = state.current_view(ss, keys)
     token = cache.render_token(image, label, overlays)
     readout = viz.read_voxel(image, view.ijk, label, label_names)
@@ -90,7 +92,7 @@ def tri_planar_viewer(key: str, image: Volume, label: Volume | None = None,
     return readout
 
 
-def _controls(keys: state.ViewerKeys, has_label: bool) -> tuple[bool, float]:
+def _controls(keys: state.ViewerKeys, has_label: bool, labels_shown: bool) -> tuple[bool, float]:
     """Window preset, W/L, label toggle and opacity; returns (show labels, opacity: 0 when hidden)."""
     ss = st.session_state
     preset, width, level, labels, opacity = st.columns([2.2, 1, 1, 1, 1.6], vertical_alignment="bottom")
@@ -100,7 +102,7 @@ def _controls(keys: state.ViewerKeys, has_label: bool) -> tuple[bool, float]:
                        on_change=state.on_window, args=(ss, keys))
     level.number_input("L (HU)", min_value=-2_000, max_value=5_000, step=10, key=keys.level,
                        on_change=state.on_window, args=(ss, keys))
-    toggled = labels.toggle("Labels", value=True, key=keys.labels, disabled=not has_label,
+    toggled = labels.toggle("Labels", value=labels_shown, key=keys.labels, disabled=not has_label,
                             help=None if has_label else "This case has no label map.")
     show = has_label and toggled
     alpha = opacity.slider("Label opacity", 0.0, 1.0, DEFAULT_LABEL_OPACITY, 0.05, key=keys.opacity,

@@ -48,14 +48,27 @@ def health(url: str) -> str:
         return ""
 
 
+def tiny_sam(folder: Path) -> Path:
+    """An untrained SAM of a few thousand weights, so the browser tests never wait for (or need) the real one."""
+    import torch
+
+    from alice.anatomy.model import build_sam, save_sam
+    from tests.anatomy.conftest import tiny_config
+
+    torch.manual_seed(0)
+    config = tiny_config()
+    return save_sam(folder / "tiny_sam.pt", build_sam(config), config, step=0)
+
+
 @pytest.fixture(scope="session")
 def app_server(tmp_path_factory):
-    """Start the app from the repo root (so ``.streamlit/config.toml`` applies); yield its URL; stop it."""
+    """Start the app from the repo root (so ``.streamlit/config.toml`` applies), with a tiny SAM checkpoint; yield
+    its URL; stop it."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     workspace = tmp_path_factory.mktemp("e2e-workspace")
     log_path = workspace / "streamlit.log"
-    env = {**os.environ, "ALICE_WORKSPACE": str(workspace)}
+    env = {**os.environ, "ALICE_WORKSPACE": str(workspace), "ALICE_SAM_CHECKPOINT": str(tiny_sam(workspace))}
     env.pop("PYTHONPATH", None)
     command = [*streamlit_command(), "run", "app/main.py", "--server.headless", "true",
                "--server.address", "127.0.0.1", "--server.port", str(port)]
