@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -83,7 +84,7 @@ def _training_records(manifest: Path, split: str):
 def cmd_sam_train(args: argparse.Namespace) -> int:
     from time import strftime
 
-    from alice.anatomy.model import PRESETS
+    from alice.anatomy.model import PRESETS, SAMConfig
     from alice.anatomy.train import train_sam
 
     records = _training_records(args.manifest, "train")
@@ -94,8 +95,14 @@ def cmd_sam_train(args: argparse.Namespace) -> int:
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.3f}")
 
-    checkpoint = train_sam(records, PRESETS[args.preset], args.steps, out, seed=args.seed, progress=report)
+    config = PRESETS[args.preset]
+    if args.set:
+        config = SAMConfig.from_dict(apply_overrides(config.to_dict(), args.set))
+    checkpoint = train_sam(records, config, args.steps, out, seed=args.seed, progress=report)
     bar.close()
+    from alice.anatomy.card import write_sam_card
+
+    write_sam_card(out, args.command_line, records)
     print(f"trained on {len(records)} case(s): {', '.join(r.case_id for r in records)}")
     print(f"wrote {checkpoint}")
     return 0
@@ -156,6 +163,63 @@ def cmd_eval_landmarks(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    import os
+
+    from alice import runs
+    from alice.pretrain.config import PretrainConfig, load_config
+    from alice.pretrain.train import load_checkpoint, pretrain
+
+    overrides = [*args.set, *([f"run.steps={args.steps}"] if args.steps is not None else [])]
+    if args.resume and args.out is None:
+        raise InputError(None, "--resume needs --out RUN_DIR, the run to continue")
+    if args.resume and not (args.preset or args.config or overrides):
+        config = PretrainConfig.from_dict(load_checkpoint(runs.checkpoint_path(args.out))["config"])
+    else:
+        config = load_config(args.preset or "cpu-tiny", args.config, overrides)
+    out = args.out
+    if out is None:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise InputError(None, "under torchrun pass --out RUN_DIR: every rank writes to the same run folder")
+        out = runs.new_run_dir("alice", args.preset or "cpu-tiny")
+    checkpoint = pretrain(config, out, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print((runs.read_status(out) or {}).get("message", ""))
+        print(f"wrote {checkpoint}")
+    return 0
+
+
+def cmd_export_backbone(args: argparse.Namespace) -> int:
+    from alice.pretrain.export import export_backbone
+
+    bundle = export_backbone(args.source, args.out)
+    print(f"wrote the MONAI bundle {bundle}")
+    return 0
+
+
+def apply_overrides(config: dict, assignments: list[str]) -> dict:
+    """``section.key=value`` assignments (values in YAML syntax) applied to a nested config dict."""
+    import copy
+
+    import yaml
+
+    config = copy.deepcopy(config)
+    for assignment in assignments:
+        name, sep, value = assignment.partition("=")
+        if not sep:
+            raise InputError(None, f"--set {assignment!r}: expected section.key=value")
+        *sections, key = name.strip().split(".")
+        target = config
+        for section in sections:
+            if not isinstance(target.get(section), dict):
+                raise InputError(None, f"--set {assignment!r}: no config section {section!r}")
+            target = target[section]
+        if key not in target:
+            raise InputError(None, f"--set {assignment!r}: unknown key {key!r} (known: {', '.join(target)})")
+        target[key] = yaml.safe_load(value)
+    return config
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alice", description="Alice Explorer: self-supervised learning for 3D CT.")
     parser.add_argument("--version", action="version", version=f"alice {__version__}")
@@ -209,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     sam_train.add_argument("--steps", type=int, default=4000, help="optimiser steps (default: %(default)s)")
     sam_train.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     sam_train.add_argument("--out", type=Path, help="run folder (default: <workspace>/runs/sam/<time>-<preset>)")
+    sam_train.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                           help="override a config value, e.g. --set train.crop_shape=[48,48,32]")
     sam_train.set_defaults(func=cmd_sam_train)
 
     sam_embed = sam_commands.add_parser(
@@ -252,11 +318,40 @@ def build_parser() -> argparse.ArgumentParser:
     landmarks.add_argument("--seed", type=int, default=0, help="seed of the untrained network (default: %(default)s)")
     landmarks.add_argument("--json", action="store_true", help="print one JSON object")
     landmarks.set_defaults(func=cmd_eval_landmarks)
+
+    pretrain = commands.add_parser(
+        "pretrain", help="Alice pretraining (teacher-student, masking, CAFA) into a run folder",
+        description="Alice self-supervised pretraining (Jiang et al., ICCV 2023) on SAM-mined cross-patient view "
+                    "pairs. Config: the preset, then --config FILE, then --set key=value (e.g. --set optim.lr=1e-4 "
+                    "--set views.mode=random_cross). Works the same under `torchrun --nproc_per_node=N -m alice "
+                    "pretrain ...`. Writes config.yaml, status.json, metrics.jsonl, train.log, TensorBoard events "
+                    "and checkpoints/{last,best}.pt; a STOP file in the run folder ends it after a checkpoint.")
+    pretrain.add_argument("--preset", choices=["paper", "cpu-tiny"], default=None,
+                          help="paper: roi 64, feature size 48 (GPU); cpu-tiny: roi 48, feature size 24 "
+                               "(default: cpu-tiny)")
+    pretrain.add_argument("--steps", type=int, help="optimiser steps (same as --set run.steps=N)")
+    pretrain.add_argument("--config", type=Path, help="YAML file overriding the preset")
+    pretrain.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                          help="override one config value by its dotted key (repeatable)")
+    pretrain.add_argument("--out", type=Path, help="run folder (default: <workspace>/runs/alice/<time>-<preset>)")
+    pretrain.add_argument("--resume", action="store_true",
+                          help="continue the run in --out from checkpoints/last.pt (the config must not change)")
+    pretrain.set_defaults(func=cmd_pretrain)
+
+    export = commands.add_parser(
+        "export-backbone", help="export a pretrained backbone as a MONAI bundle",
+        description="Write the student backbone (encoder + decoder, no head or CAFA) of an Alice run or checkpoint "
+                    "as a MONAI bundle: configs/metadata.json, configs/model.json, models/model.pt, docs/README.md.")
+    export.add_argument("source", type=Path, help="run folder (uses checkpoints/last.pt) or checkpoint file")
+    export.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    export.set_defaults(func=cmd_export_backbone)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.command_line = shlex.join(["alice", *argv])  # recorded in model cards
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

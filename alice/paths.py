@@ -9,6 +9,7 @@ SAMPLE_MANIFEST = SAMPLE_COHORT_DIR / "manifest.csv"
 # Checkpoints shipped with the repository (each with a model card beside it).
 CHECKPOINTS_DIR = REPO_ROOT / "checkpoints"
 DEFAULT_SAM_CHECKPOINT = CHECKPOINTS_DIR / "sam_cpu.pt"
+DEFAULT_ALICE_CHECKPOINT = CHECKPOINTS_DIR / "alice_cpu_tiny.pt"
 
 
 def sam_checkpoint() -> Path:

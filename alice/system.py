@@ -17,6 +17,8 @@ AVAILABLE_COMMANDS: dict[str, str] = {
     "alice sam embed": "embed whole cases with a SAM checkpoint, into the embedding cache",
     "alice mine": "mine Alice view pairs (sam, random_cross, same_volume) into a CSV",
     "alice eval landmarks": "landmark retrieval on held-out pseudo-subjects: SAM vs an untrained net vs NCC",
+    "alice pretrain": "Alice pretraining (teacher-student, masks, CAFA) into a run folder; also under torchrun",
+    "alice export-backbone": "export a pretrained encoder-decoder as a MONAI bundle for fine-tuning",
 }
 
 
@@ -56,12 +58,13 @@ def _present(path: Path) -> bool:
 
 def pipeline_stages() -> list[Stage]:
     """The stages from data to segmentation, in pipeline order, with the state of each output."""
-    checkpoints = paths.REPO_ROOT / "checkpoints"
+    checkpoints = paths.CHECKPOINTS_DIR
     workspace = paths.workspace_dir()
     outputs = [
         ("SAM anatomical embedding checkpoint", paths.sam_checkpoint(), "alice sam train", False),
         ("SAM embedding cache", workspace / "embeddings" / "sam", "alice sam embed", False),
-        ("Alice checkpoint (pretrained backbone)", checkpoints / "alice.pt", "alice pretrain", True),
+        ("Alice checkpoint (pretrained backbone)", paths.DEFAULT_ALICE_CHECKPOINT,
+         "alice pretrain --preset cpu-tiny", False),
         ("Embedding index", workspace / "index", "alice embed / alice index", True),
         ("Segmentation model", checkpoints / "segmentation.pt", "alice finetune", True),
     ]

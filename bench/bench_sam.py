@@ -101,6 +101,9 @@ def main() -> None:
         train_minutes = sum(r["seconds"] for r in records) / 60
         rows.append((f"training the shipped checkpoint: {len(records)} steps (sum of step times in "
                      f"`{run_metrics.relative_to(REPO)}`)", f"{train_minutes:.1f} min"))
+        median_step = statistics.median(r["seconds"] for r in records)
+        rows.append(("the same run: median step time x steps (what it costs without other jobs on the machine)",
+                     f"{median_step:.3f} s x {len(records)} = {median_step * len(records) / 60:.1f} min"))
 
     gpu_rows = gpu_figures(args.checkpoint, cohort, embed_case, load_sam, load_case, config, scans, build_sam,
                            build_sam_loss, build_optimizer, make_batch, grid_affine)

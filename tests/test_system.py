@@ -9,17 +9,18 @@ def test_device_summary_names_a_device_and_torch():
     assert summary["torch"] and summary["threads"] >= 1
 
 
-def test_stages_are_absent_until_their_output_appears_and_only_the_sam_stages_exist(monkeypatch, tmp_path):
-    monkeypatch.setattr(paths, "REPO_ROOT", tmp_path)
+def test_stages_are_absent_until_their_output_appears_and_later_stages_are_planned(monkeypatch, tmp_path):
+    monkeypatch.setattr(paths, "CHECKPOINTS_DIR", tmp_path / "checkpoints")
     monkeypatch.setattr(paths, "DEFAULT_SAM_CHECKPOINT", tmp_path / "checkpoints" / "sam_cpu.pt")
+    monkeypatch.setattr(paths, "DEFAULT_ALICE_CHECKPOINT", tmp_path / "checkpoints" / "alice_cpu_tiny.pt")
     monkeypatch.delenv("ALICE_SAM_CHECKPOINT", raising=False)
     stages = system.pipeline_stages()
-    assert [s.command for s in stages] == ["alice sam train", "alice sam embed", "alice pretrain",
+    assert [s.command for s in stages] == ["alice sam train", "alice sam embed", "alice pretrain --preset cpu-tiny",
                                            "alice embed / alice index", "alice finetune"]
-    assert [s.planned for s in stages] == [False, False, True, True, True]
+    assert [s.planned for s in stages] == [False, False, False, True, True]
     assert not any(s.present for s in stages)
     (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / "alice.pt").write_bytes(b"x")
+    (tmp_path / "checkpoints" / "alice_cpu_tiny.pt").write_bytes(b"x")
     (tmp_path / "checkpoints" / "sam_cpu.pt").write_bytes(b"x")
     (paths.workspace_dir() / "index").mkdir(parents=True)
     present = {s.name for s in system.pipeline_stages() if s.present}
@@ -35,6 +36,6 @@ def test_the_sam_checkpoint_follows_the_environment(monkeypatch, tmp_path):
     assert system.pipeline_stages()[0].path == tmp_path / "mine.pt"
 
 
-def test_the_sam_commands_are_listed_as_available():
-    assert {"alice sam train", "alice sam embed", "alice mine", "alice eval landmarks"} <= set(
-        system.AVAILABLE_COMMANDS)
+def test_the_existing_commands_are_listed_as_available():
+    assert {"alice sam train", "alice sam embed", "alice mine", "alice eval landmarks", "alice pretrain",
+            "alice export-backbone"} <= set(system.AVAILABLE_COMMANDS)

@@ -1,0 +1,112 @@
+"""Alice's three losses (Jiang et al., ICCV 2023): DINO cross-entropy with centering and sharpening, and MSE.
+
+- ``ClsLoss`` (inter-volume): the teacher's cls output of one view is the target of the student's cls output of
+  the *other* view (query <-> key, two different patients at the same anatomy), averaged over both directions.
+- ``PatchLoss`` (intra-volume): per token, the teacher-branch CAFA output T of a view is the target of the
+  student-branch output S of the same view (or, with CAFA off, teacher vs student decoder tokens).
+- ``reconstruction_loss``: MSE between the student's reconstruction and the unmasked crop.
+
+Each cross-entropy is a module that owns its centre buffer (cls centre (1, out), patch centre (1, 1, P)). The
+target is ``softmax((teacher - centre) / teacher_temp)``; the prediction ``log_softmax(student / student_temp)``.
+Centres follow ``c = m c + (1 - m) mean(teacher)``, with the mean taken over every rank when distributed.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+
+def distributed() -> bool:
+    """Whether a process group with more than one rank is running."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class CenteredCrossEntropy(nn.Module):
+    """Cross-entropy between a centred, sharpened teacher distribution and the student's, with its own centre.
+
+    Args:
+        centre_shape: shape of the centre buffer; it broadcasts against the outputs, e.g. (1, out) or (1, 1, P).
+        student_temp: temperature of the student softmax.
+        centre_momentum: EMA momentum of the centre update.
+    """
+
+    def __init__(self, centre_shape: tuple[int, ...], student_temp: float, centre_momentum: float):
+        super().__init__()
+        self.student_temp = student_temp
+        self.centre_momentum = centre_momentum
+        self.register_buffer("centre", torch.zeros(centre_shape))
+
+    def cross_entropy(self, student: torch.Tensor, teacher: torch.Tensor, teacher_temp: float) -> torch.Tensor:
+        """Mean over all leading dimensions of ``-sum(p_teacher * log p_student)``; no gradient reaches the teacher."""
+        target = F.softmax((teacher.detach().float() - self.centre) / teacher_temp, dim=-1)
+        log_prediction = F.log_softmax(student.float() / self.student_temp, dim=-1)
+        return -(target * log_prediction).sum(dim=-1).mean()
+
+    @torch.no_grad()
+    def update_centre(self, teacher: torch.Tensor) -> None:
+        """EMA of the teacher outputs' mean over every leading dimension (and every rank)."""
+        flat = teacher.detach().float().reshape(-1, teacher.shape[-1])
+        total = flat.sum(dim=0)
+        count = torch.tensor(float(flat.shape[0]), device=flat.device)
+        if distributed():
+            dist.all_reduce(total)
+            dist.all_reduce(count)
+        mean = (total / count).reshape(self.centre.shape)
+        self.centre.mul_(self.centre_momentum).add_(mean, alpha=1 - self.centre_momentum)
+
+
+class ClsLoss(CenteredCrossEntropy):
+    """Inter-volume cls loss: teacher(query) vs student(key) and teacher(key) vs student(query), averaged.
+
+    Args:
+        out_dim: width of the cls prototype outputs.
+        student_temp: temperature of the student softmax.
+        centre_momentum: EMA momentum of the (1, out_dim) centre.
+    """
+
+    def __init__(self, out_dim: int, student_temp: float, centre_momentum: float):
+        super().__init__((1, out_dim), student_temp, centre_momentum)
+
+    def forward(self, student_query: torch.Tensor, student_key: torch.Tensor, teacher_query: torch.Tensor,
+                teacher_key: torch.Tensor, teacher_temp: float) -> torch.Tensor:
+        """Each argument is (B, out_dim); the cross-view loss as a scalar."""
+        return 0.5 * (self.cross_entropy(student_key, teacher_query, teacher_temp)
+                      + self.cross_entropy(student_query, teacher_key, teacher_temp))
+
+
+class PatchLoss(CenteredCrossEntropy):
+    """Intra-volume token loss: each student token against the teacher token at the same place of the same view.
+
+    Args:
+        patch_dim: width of the token prototype outputs.
+        student_temp: temperature of the student softmax.
+        centre_momentum: EMA momentum of the (1, 1, patch_dim) centre.
+    """
+
+    def __init__(self, patch_dim: int, student_temp: float, centre_momentum: float):
+        super().__init__((1, 1, patch_dim), student_temp, centre_momentum)
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor, teacher_temp: float) -> torch.Tensor:
+        """``student`` and ``teacher`` are (B, N, patch_dim), row for row the same view; the mean over tokens."""
+        if student.shape != teacher.shape:
+            raise ValueError(f"student tokens {tuple(student.shape)} and teacher tokens {tuple(teacher.shape)} differ")
+        return self.cross_entropy(student, teacher, teacher_temp)
+
+
+def reconstruction_loss(reconstruction: torch.Tensor, target: torch.Tensor,
+                        mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared error over all voxels, or over the masked voxels only when ``mask`` is given.
+
+    Args:
+        reconstruction: (B, 1, X, Y, Z) student output.
+        target: (B, 1, X, Y, Z) unmasked crop in [0, 1].
+        mask: (B, 1, X, Y, Z) bool, True where the student's input was zeroed.
+    """
+    error = (reconstruction.float() - target.float()) ** 2
+    if mask is None:
+        return error.mean()
+    weight = mask.to(error.dtype)
+    return (error * weight).sum() / weight.sum().clamp_min(1.0)

@@ -1,0 +1,178 @@
+"""Alice's student and EMA teacher, and the three losses of one batch (Jiang et al., ICCV 2023).
+
+The student (backbone + head + CAFA) sees the masked crops; the teacher (backbone + head with one prototype layer
+for cls and tokens, plus an EMA copy of CAFA in the paper's variant) sees the unmasked crops and never gets
+gradients; it follows the student by ``teacher_p = m * teacher_p + (1 - m) * student_p`` over the parameters
+both have. Both views of every pair run through each network in one batch: rows [0, B) are the query crops,
+rows [B, 2B) the key crops.
+
+CAFA's queries are the student's encoder tokens (of the masked view). Branch S: keys/values = the student's
+decoder tokens, through the student's block. Branch T (the target, no gradient): keys/values = the teacher's
+encoder tokens (paper) or decoder tokens (official code), through the EMA block (paper) or the student's block
+(official code). With CAFA off, the token loss compares the student's and the teacher's decoder tokens directly.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from alice.models.build import build_backbone, build_cafa, build_head
+from alice.pretrain.config import PretrainConfig
+from alice.pretrain.losses import ClsLoss, PatchLoss, reconstruction_loss
+from alice.pretrain.views import PairBatch
+
+
+class Student(nn.Module):
+    """Backbone, projection head and CAFA (None when CAFA is off): the module the optimiser and DDP see."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, cafa: nn.Module | None):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.cafa = cafa
+
+    def forward(self, images: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Backbone outputs, head outputs and, with CAFA, branch S (``cafa_out``) and its attention."""
+        out = self.backbone(images, masks)
+        out.update(self.head(out["cls"], out["enc_tokens"], out["dec_tokens"]))
+        if self.cafa is not None:
+            out["cafa_out"], out["cafa_attn"] = self.cafa(out["enc_out"], out["dec_out"])
+        return out
+
+    def prototype_parameters(self) -> list[nn.Parameter]:
+        """The prototype (last) layers' weights, frozen during the first steps."""
+        return [p for name, p in self.head.named_parameters() if "last_layer" in name]
+
+
+class Teacher(nn.Module):
+    """Backbone, head (one shared prototype layer) and, in the paper's variant, the EMA copy of CAFA."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, cafa: nn.Module | None):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.cafa = cafa
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Backbone and head outputs of unmasked crops."""
+        out = self.backbone(images, None)
+        out.update(self.head(out["cls"], out["enc_tokens"], out["dec_tokens"]))
+        return out
+
+
+class AliceSSL(nn.Module):
+    """Student, teacher and the loss modules (which own the centres).
+
+    Args:
+        student: the trained network.
+        teacher: the EMA network; its parameters are set from the student's here and frozen.
+        cls_loss: inter-volume cls loss.
+        patch_loss: intra-volume token loss.
+        cls_weight: lambda1.
+        patch_weight: lambda2.
+        rec_weight: lambda3.
+        rec_masked_only: reconstruction MSE over masked voxels only.
+        kv_source: ``teacher_encoder`` or ``teacher_decoder``: keys/values of CAFA's branch T.
+    """
+
+    def __init__(self, student: Student, teacher: Teacher, cls_loss: ClsLoss, patch_loss: PatchLoss,
+                 cls_weight: float, patch_weight: float, rec_weight: float, rec_masked_only: bool, kv_source: str):
+        super().__init__()
+        self.student = student
+        self.teacher = teacher
+        self.cls_loss = cls_loss
+        self.patch_loss = patch_loss
+        self.weights = {"cls": cls_weight, "patch": patch_weight, "rec": rec_weight}
+        self.rec_masked_only = rec_masked_only
+        self.kv_source = kv_source
+        self.teacher.requires_grad_(False)
+        self.update_teacher(0.0)
+        self.teacher.eval()
+
+    def train(self, mode: bool = True) -> AliceSSL:
+        """Set the student's mode; the teacher stays in eval mode (no drop-path, no dropout)."""
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def compute_losses(self, batch: PairBatch, teacher_temp: float,
+                       student: nn.Module | None = None) -> dict[str, torch.Tensor]:
+        """The losses of one batch of pairs, and what the app shows of it.
+
+        Args:
+            batch: B pairs, crops and masks.
+            teacher_temp: the teacher softmax temperature of this step.
+            student: the student to run (its DDP wrapper when distributed); default ``self.student``.
+
+        Returns:
+            ``loss`` (with gradient), ``loss/cls``, ``loss/patch``, ``loss/rec``; ``cls_agreement`` (fraction of
+            cross-view pairs whose teacher and student cls argmax agree); ``masks`` (2B, 1, R, R, R);
+            ``recon`` (2B, 1, R, R, R); ``cafa_attn`` (2B, heads, N_enc, N_kv) of branch S (absent with CAFA
+            off); ``teacher_cls`` and ``teacher_tokens``, the targets the centres follow. Rows [0, B) are
+            the query views, [B, 2B) the key views; everything but ``loss`` is detached.
+        """
+        student = self.student if student is None else student
+        n = batch.query.shape[0]
+        images = torch.cat([batch.query, batch.key])
+        masks = torch.cat([batch.query_mask, batch.key_mask])
+        with torch.no_grad():
+            teacher_out = self.teacher(images)
+        out = student(images, masks)
+
+        s_cls, t_cls = out["cls_out"], teacher_out["cls_out"]
+        loss_cls = self.cls_loss(s_cls[:n], s_cls[n:], t_cls[:n], t_cls[n:], teacher_temp)
+        if self.student.cafa is not None:
+            keys = teacher_out["enc_out" if self.kv_source == "teacher_encoder" else "dec_out"]
+            target_block = self.teacher.cafa if self.teacher.cafa is not None else self.student.cafa
+            with torch.no_grad():
+                target_tokens, _ = target_block(out["enc_out"].detach(), keys)
+            student_tokens = out["cafa_out"]
+        else:
+            target_tokens, student_tokens = teacher_out["dec_out"], out["dec_out"]
+        loss_patch = self.patch_loss(student_tokens, target_tokens, teacher_temp)
+        loss_rec = reconstruction_loss(out["recon"], images, masks if self.rec_masked_only else None)
+        loss = (self.weights["cls"] * loss_cls + self.weights["patch"] * loss_patch
+                + self.weights["rec"] * loss_rec)
+
+        with torch.no_grad():
+            teacher_class, student_class = t_cls.argmax(dim=-1), s_cls.argmax(dim=-1)
+            agreement = (torch.cat([teacher_class[:n] == student_class[n:], teacher_class[n:] == student_class[:n]])
+                         .float().mean())
+        result = {"loss": loss, "loss/cls": loss_cls.detach(), "loss/patch": loss_patch.detach(),
+                  "loss/rec": loss_rec.detach(), "cls_agreement": agreement, "masks": masks,
+                  "recon": out["recon"].detach(), "teacher_cls": t_cls.detach(),
+                  "teacher_tokens": target_tokens.detach()}
+        if "cafa_attn" in out:
+            result["cafa_attn"] = out["cafa_attn"].detach()
+        return result
+
+    @torch.no_grad()
+    def update_centres(self, losses: dict[str, torch.Tensor]) -> None:
+        """Move both centres towards the teacher outputs of ``compute_losses`` (all-reduced when distributed)."""
+        self.cls_loss.update_centre(losses["teacher_cls"])
+        self.patch_loss.update_centre(losses["teacher_tokens"])
+
+    @torch.no_grad()
+    def update_teacher(self, momentum: float) -> None:
+        """``teacher_p = momentum * teacher_p + (1 - momentum) * student_p`` for every parameter both have."""
+        student = dict(self.student.named_parameters())
+        pairs = [(p, student[name]) for name, p in self.teacher.named_parameters() if name in student]
+        teacher_params = [t for t, _ in pairs]
+        torch._foreach_mul_(teacher_params, momentum)
+        torch._foreach_add_(teacher_params, [s.detach() for _, s in pairs], alpha=1 - momentum)
+
+
+def build_ssl_model(config: PretrainConfig) -> AliceSSL:
+    """Student, teacher and losses from a config; the teacher starts as a copy of the student."""
+    model, loss = config.model, config.loss
+    backbone = build_backbone(model)
+    head = build_head(model)
+    cafa = build_cafa(model) if loss.cafa else None
+    student = Student(backbone, head, cafa)
+    teacher_cafa = cafa.ema_copy() if cafa is not None and loss.target_attn == "ema" else None
+    teacher = Teacher(build_backbone(model), build_head(model, shared_last_layer=True), teacher_cafa)
+    cls_loss = ClsLoss(model.head_out_dim, loss.student_temp, loss.centre_momentum)
+    patch_loss = PatchLoss(model.head_patch_out_dim, loss.student_temp, loss.centre_momentum)
+    return AliceSSL(student, teacher, cls_loss, patch_loss, loss.cls_weight, loss.patch_weight, loss.rec_weight,
+                    loss.rec_masked_only, loss.kv_source)

@@ -1,0 +1,182 @@
+"""Online view pairs for Alice pretraining: a batch of B mined pairs, their crops and their student masks.
+
+Each pair has its own query case (drawn per epoch without replacement, each rank its own share, as a
+DistributedSampler would), its own key case and points from ``alice.mining.views.mine_view_pair`` (``sam``:
+Alice's SAM-matched cross-patient views; ``random_cross`` and ``same_volume``: the ablations), its own crops of
+``roi``^3 voxels centred on those points and its own masks. Crops are windowed to [0, 1] first and padded with 0
+outside the volume, so padding reads as the bottom of the HU window. Every random choice comes from the sampler's
+generator, seeded with (seed, rank); its state goes into checkpoints so a resumed run draws the same pairs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from alice.data.io import Volume, load_volume
+from alice.errors import InputError
+from alice.mining.views import MiningCase, ViewPair, mine_view_pair
+from alice.pretrain.masking import make_masks
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class PairBatch:
+    """B view pairs ready for the networks.
+
+    Attributes:
+        query: (B, 1, R, R, R) float32 query crops in [0, 1], unmasked (the teacher's input).
+        key: (B, 1, R, R, R) float32 key crops.
+        query_mask: (B, 1, R, R, R) bool, True where the student's query input is zeroed.
+        key_mask: (B, 1, R, R, R) bool, the same for the key crops.
+        pairs: the mined pairs, one per row.
+    """
+
+    query: torch.Tensor
+    key: torch.Tensor
+    query_mask: torch.Tensor
+    key_mask: torch.Tensor
+    pairs: tuple[ViewPair, ...]
+
+    def to(self, device: torch.device | str) -> PairBatch:
+        """The same batch with its tensors on ``device``."""
+        return PairBatch(self.query.to(device), self.key.to(device), self.query_mask.to(device),
+                         self.key_mask.to(device), self.pairs)
+
+
+def window_hu(hu: np.ndarray, hu_window: tuple[float, float]) -> np.ndarray:
+    """HU clipped to ``hu_window`` and mapped linearly to [0, 1], float32."""
+    low, high = hu_window
+    return np.clip((hu.astype(np.float32) - low) / (high - low), 0.0, 1.0)
+
+
+def crop_window(image: Volume, centre_ijk, roi_voxels: int, hu_window: tuple[float, float]) -> np.ndarray:
+    """The (roi, roi, roi) windowed crop whose voxel ``roi // 2`` along each axis is ``centre_ijk``; 0 outside."""
+    out = np.zeros((roi_voxels,) * 3, dtype=np.float32)
+    start = np.asarray(centre_ijk, dtype=np.int64) - roi_voxels // 2
+    low = np.maximum(start, 0)
+    high = np.minimum(start + roi_voxels, image.shape)
+    if np.any(high <= low):
+        return out
+    source = tuple(slice(a, b) for a, b in zip(low, high))
+    target = tuple(slice(a - s, b - s) for a, b, s in zip(low, high, start))
+    out[target] = window_hu(image.array[source], hu_window)
+    return out
+
+
+def check_enough_cases(count: int, mode: str, source: str | Path | None) -> None:
+    """Refuse cross-patient mining among fewer than two cases.
+
+    Raises:
+        InputError: names the mode, the number of cases and the way out.
+    """
+    if mode != "same_volume" and count < 2:
+        raise InputError(source, f"view mode {mode!r} pairs two different patients, but there are only {count} "
+                                 "training case(s); add cases or set views.mode=same_volume")
+
+
+def load_mining_cases(manifest: str | Path, split: str, mode: str,
+                      sam_checkpoint: str | Path | None) -> list[MiningCase]:
+    """The cases of one split with their images and, for ``sam`` mode, their cached SAM embeddings.
+
+    Raises:
+        InputError: an unreadable manifest or image, a split with too few cases for the mode, or a SAM checkpoint
+            that cannot be read.
+    """
+    from alice.anatomy.cache import cached_embedding
+    from alice.data.cohort import load_manifest
+
+    records = load_manifest(manifest).split(split)
+    check_enough_cases(len(records), mode, manifest)
+    cases = []
+    for record in records:
+        embedding = cached_embedding(sam_checkpoint, record) if mode == "sam" else None
+        cases.append(MiningCase(record.case_id, load_volume(record.image), embedding))
+    log.info("view mining (%s) over %d case(s) of split %r: %s", mode, len(cases), split,
+             ", ".join(c.case_id for c in cases))
+    return cases
+
+
+class PairSampler:
+    """Draws batches of view pairs for one rank, reproducibly.
+
+    Args:
+        cases: the training cases (every rank gets the same list).
+        mode: ``sam``, ``random_cross`` or ``same_volume``.
+        roi_voxels: crop edge in voxels.
+        hu_window: HU mapped to [0, 1].
+        threshold: SAM score a match must reach.
+        max_tries: query points per pair at most.
+        margin_voxels: query points stay this far from the border.
+        mask_cell_voxels: mask cell edge in voxels.
+        mask_ratio: fraction of cells masked.
+        mask_shape: ``tube`` or ``cube``.
+        batch_pairs: pairs per batch.
+        seed: the run's seed.
+        rank: this process's rank; ranks draw different query cases and points.
+        world_size: number of ranks.
+    """
+
+    def __init__(self, cases: list[MiningCase], mode: str, roi_voxels: int, hu_window: tuple[float, float],
+                 threshold: float, max_tries: int, margin_voxels: int, mask_cell_voxels: int, mask_ratio: float,
+                 mask_shape: str, batch_pairs: int, seed: int, rank: int = 0, world_size: int = 1):
+        check_enough_cases(len(cases), mode, None)
+        self.cases = cases
+        self.mode = mode
+        self.roi_voxels = roi_voxels
+        self.hu_window = hu_window
+        self.threshold = threshold
+        self.max_tries = max_tries
+        self.margin_voxels = margin_voxels
+        self.mask_cell_voxels = mask_cell_voxels
+        self.mask_ratio = mask_ratio
+        self.mask_shape = mask_shape
+        self.batch_pairs = batch_pairs
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.rng = np.random.default_rng([seed, rank])
+        self.epoch = 0
+        self.queue: list[int] = []
+
+    def next_batch(self) -> PairBatch:
+        """The next ``batch_pairs`` pairs with their crops and masks."""
+        pairs, queries, keys = [], [], []
+        by_id = {c.case_id: c for c in self.cases}
+        for _ in range(self.batch_pairs):
+            query = self.cases[self._next_query_index()]
+            pair = mine_view_pair(query, self.cases, self.mode, self.rng, self.threshold, self.max_tries,
+                                  self.margin_voxels)
+            pairs.append(pair)
+            queries.append(crop_window(query.image, pair.query_ijk, self.roi_voxels, self.hu_window))
+            keys.append(crop_window(by_id[pair.key_case].image, pair.key_ijk, self.roi_voxels, self.hu_window))
+        masks = make_masks(2 * self.batch_pairs, self.roi_voxels, self.mask_cell_voxels, self.mask_ratio,
+                           self.mask_shape, self.rng)
+        masks = torch.from_numpy(np.ascontiguousarray(masks))
+        return PairBatch(torch.from_numpy(np.stack(queries))[:, None], torch.from_numpy(np.stack(keys))[:, None],
+                         masks[:self.batch_pairs], masks[self.batch_pairs:], tuple(pairs))
+
+    def _next_query_index(self) -> int:
+        if not self.queue:
+            # One permutation per epoch shared by all ranks, padded to a multiple of the world size; each rank
+            # takes every world_size-th entry, so ranks see different query cases.
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.cases))
+            padded = np.resize(order, -(-len(order) // self.world_size) * self.world_size)
+            self.queue = [int(i) for i in padded[self.rank::self.world_size]]
+            self.epoch += 1
+        return self.queue.pop(0)
+
+    def state_dict(self) -> dict:
+        """Plain data that restores the sampler's position and generator."""
+        return {"rng": self.rng.bit_generator.state, "epoch": self.epoch, "queue": list(self.queue)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue exactly where ``state_dict`` was taken."""
+        self.rng.bit_generator.state = state["rng"]
+        self.epoch = int(state["epoch"])
+        self.queue = [int(i) for i in state["queue"]]

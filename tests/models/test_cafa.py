@@ -1,0 +1,52 @@
+"""CAFA block: shapes, attention rows that sum to 1, every parameter used, and a frozen EMA copy."""
+
+import copy
+
+import pytest
+import torch
+
+from alice.models.build import build_cafa
+from alice.models.cafa import CAFA
+from tests.models.conftest import tiny_config
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_output_and_attention_shapes_and_rows_summing_to_one(mode):
+    cafa = build_cafa(tiny_config()).train(mode == "train")
+    out, attn = cafa(torch.randn(3, 8, 48), torch.randn(3, 64, 48))
+    assert out.shape == (3, 8, 48)
+    assert attn.shape == (3, 2, 8, 64)
+    assert (attn >= 0).all()
+    torch.testing.assert_close(attn.sum(dim=-1), torch.ones(3, 2, 8))
+
+
+def test_attention_picks_the_key_that_matches_the_query():
+    cafa = CAFA(d_model=4, n_head=1, d_k=4, d_inner=8, dropout=0.0).eval()
+    with torch.no_grad():
+        for linear in (cafa.w_q, cafa.w_k):
+            linear.weight.copy_(torch.eye(4) * 10)
+    keys = torch.eye(4)[None]  # four orthogonal keys
+    _, attn = cafa(keys[:, [2, 0]], keys)
+    assert attn[0, 0].argmax(dim=-1).tolist() == [2, 0]
+
+
+def test_every_parameter_gets_a_finite_gradient():
+    cafa = build_cafa(tiny_config()).train()
+    out, _ = cafa(torch.randn(2, 8, 48), torch.randn(2, 64, 48))
+    out.pow(2).mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in cafa.parameters())
+
+
+def test_the_ema_copy_is_frozen_independent_and_equal_at_first():
+    cafa = build_cafa(tiny_config()).eval()
+    target = cafa.ema_copy()
+    assert not target.training
+    assert not any(p.requires_grad for p in target.parameters())
+    assert all(p.requires_grad for p in cafa.parameters())
+    queries, keys = torch.randn(2, 8, 48), torch.randn(2, 64, 48)
+    for a, b in zip(cafa(queries, keys), target(queries, keys)):
+        torch.testing.assert_close(a, b)
+    with torch.no_grad():
+        cafa.w_q.weight.add_(1.0)
+    assert not torch.equal(cafa.w_q.weight, target.w_q.weight)
+    assert isinstance(copy.deepcopy(target), CAFA)

@@ -1,0 +1,71 @@
+"""DINO cross-entropy with centering and sharpening on hand-made tensors, centre updates, the MSE."""
+
+import math
+
+import pytest
+import torch
+
+from alice.pretrain.losses import ClsLoss, PatchLoss, reconstruction_loss
+
+
+def test_cross_entropy_golden_value_with_centering_and_sharpening():
+    loss = ClsLoss(2, student_temp=0.1, centre_momentum=0.9)
+    loss.centre.copy_(torch.tensor([[1.0, 0.0]]))
+    # (teacher - centre) / 0.01 = [0, ln 3] -> target [1/4, 3/4]; the student is uniform -> CE = ln 2.
+    teacher = torch.tensor([[1.0, 0.01 * math.log(3)]])
+    student = torch.zeros(1, 2)
+    assert loss.cross_entropy(student, teacher, teacher_temp=0.01).item() == pytest.approx(math.log(2), abs=1e-6)
+    # Uniform target; student / 0.1 = [0, ln 3] -> p = [1/4, 3/4]; CE = (ln 4 + ln 4/3) / 2.
+    loss.centre.zero_()
+    student = torch.tensor([[0.0, 0.1 * math.log(3)]])
+    expected = 0.5 * (math.log(4) + math.log(4 / 3))
+    assert loss.cross_entropy(student, torch.zeros(1, 2), 0.04).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_cls_loss_pairs_each_teacher_view_with_the_other_student_view():
+    loss = ClsLoss(2, student_temp=1.0, centre_momentum=0.9)
+    sharp_first, sharp_second = torch.tensor([[10.0, 0.0]]), torch.tensor([[0.0, 10.0]])
+    # Teacher(query) agrees with student(key) and teacher(key) with student(query): low loss.
+    crossed = loss(student_query=sharp_second, student_key=sharp_first, teacher_query=sharp_first,
+                   teacher_key=sharp_second, teacher_temp=0.1)
+    same_view = loss(student_query=sharp_first, student_key=sharp_second, teacher_query=sharp_first,
+                     teacher_key=sharp_second, teacher_temp=0.1)
+    assert crossed.item() < 1e-3
+    assert same_view.item() > 5
+
+
+def test_the_teacher_gets_no_gradient():
+    loss = PatchLoss(3, student_temp=0.1, centre_momentum=0.9)
+    student = torch.randn(2, 4, 3, requires_grad=True)
+    teacher = torch.randn(2, 4, 3, requires_grad=True)
+    loss(student, teacher, 0.04).backward()
+    assert student.grad is not None and teacher.grad is None
+
+
+def test_centres_are_an_ema_of_the_teacher_mean_with_their_own_shapes():
+    cls_loss, patch_loss = ClsLoss(3, 0.1, 0.9), PatchLoss(3, 0.1, 0.9)
+    assert cls_loss.centre.shape == (1, 3) and patch_loss.centre.shape == (1, 1, 3)
+    teacher = torch.tensor([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]])
+    cls_loss.update_centre(teacher)
+    torch.testing.assert_close(cls_loss.centre, torch.tensor([[0.2, 0.2, 0.2]]))
+    cls_loss.update_centre(teacher)
+    torch.testing.assert_close(cls_loss.centre, torch.tensor([[0.38, 0.38, 0.38]]))
+    tokens = torch.arange(12.0).reshape(2, 2, 3)  # mean over batch and tokens: [4.5, 5.5, 6.5]
+    patch_loss.update_centre(tokens)
+    torch.testing.assert_close(patch_loss.centre, torch.tensor([[[0.45, 0.55, 0.65]]]))
+    assert "centre" in dict(patch_loss.named_buffers())
+
+
+def test_patch_loss_refuses_mismatched_tokens():
+    with pytest.raises(ValueError, match="differ"):
+        PatchLoss(3, 0.1, 0.9)(torch.zeros(1, 4, 3), torch.zeros(1, 5, 3), 0.04)
+
+
+def test_reconstruction_over_all_or_masked_voxels():
+    target = torch.zeros(1, 1, 2, 2, 2)
+    recon = torch.zeros(1, 1, 2, 2, 2)
+    recon[0, 0, 0] = 2.0  # error 4 on half of the voxels
+    mask = torch.zeros(1, 1, 2, 2, 2, dtype=torch.bool)
+    mask[0, 0, 0, 0] = True  # two masked voxels, both wrong
+    assert reconstruction_loss(recon, target).item() == pytest.approx(2.0)
+    assert reconstruction_loss(recon, target, mask).item() == pytest.approx(4.0)

@@ -1,0 +1,110 @@
+"""Student, EMA teacher and the losses of one batch: the EMA formula, no teacher gradients, variants, overfitting."""
+
+import numpy as np
+import pytest
+import torch
+
+from alice.mining.views import MiningCase
+from alice.pretrain.config import LossConfig, PretrainConfig
+from alice.pretrain.ssl_model import build_ssl_model
+from alice.pretrain.views import PairBatch, PairSampler
+from tests.anatomy.conftest import synthetic_ct
+from tests.pretrain.conftest import TINY_MODEL
+
+
+def build(**loss):
+    torch.manual_seed(0)
+    return build_ssl_model(PretrainConfig(model=TINY_MODEL, loss=LossConfig(**loss)))
+
+
+@pytest.fixture(scope="module")
+def batch():
+    cases = [MiningCase(f"case{s}", synthetic_ct(seed=s)) for s in range(2)]
+    sampler = PairSampler(cases, "random_cross", 32, (-125.0, 225.0), 0.7, 4, 4, 8, 0.75, "tube", 2, seed=0)
+    return sampler.next_batch()
+
+
+def test_the_teacher_starts_as_the_student_and_follows_it_by_the_ema_formula():
+    model = build()
+    student = dict(model.student.named_parameters())
+    teacher = dict(model.teacher.named_parameters())
+    assert "head.patch_last_layer.parametrizations.weight.original1" in student
+    assert not any("patch_last_layer" in name for name in teacher)  # one shared prototype layer
+    assert all(torch.equal(p, student[name]) for name, p in teacher.items())
+    with torch.no_grad():
+        for p in model.student.parameters():
+            p.add_(torch.randn_like(p))
+    before = {name: p.clone() for name, p in teacher.items()}
+    model.update_teacher(0.9)
+    for name, p in teacher.items():
+        torch.testing.assert_close(p, 0.9 * before[name] + (1 - 0.9) * student[name], rtol=1e-6, atol=1e-7)
+    after = {name: p.clone() for name, p in teacher.items()}
+    model.update_teacher(1.0)  # the last step's momentum: the teacher stays
+    assert all(torch.equal(p, after[name]) for name, p in teacher.items())
+
+
+def test_losses_outputs_and_no_teacher_gradient(batch):
+    model = build().train()
+    assert not model.teacher.training and model.student.training
+    out = model.compute_losses(batch, teacher_temp=0.01)
+    out["loss"].backward()
+    expected = out["loss/cls"] + out["loss/patch"] + out["loss/rec"]
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert all(p.grad is None and not p.requires_grad for p in model.teacher.parameters())
+    assert all(p.grad is not None for p in model.student.parameters() if p.requires_grad)
+    grid = model.student.backbone.token_grid
+    n_enc, n_dec = int(np.prod(grid["enc_tokens"])), int(np.prod(grid["dec_tokens"]))
+    assert out["masks"].shape == out["recon"].shape == (4, 1, 32, 32, 32)
+    assert out["cafa_attn"].shape == (4, TINY_MODEL.cafa_heads, n_enc, n_dec)
+    assert out["teacher_tokens"].shape == (4, n_enc, TINY_MODEL.head_patch_out_dim)
+    assert 0 <= out["cls_agreement"].item() <= 1
+
+
+@pytest.mark.parametrize("loss, teacher_has_cafa, tokens_key", [
+    ({"kv_source": "teacher_encoder", "target_attn": "ema"}, True, "enc_tokens"),
+    ({"kv_source": "teacher_decoder", "target_attn": "shared"}, False, "enc_tokens"),
+    ({"cafa": False}, False, "dec_tokens"),
+])
+def test_cafa_variants(batch, loss, teacher_has_cafa, tokens_key):
+    model = build(**loss).train()
+    assert (model.teacher.cafa is not None) == teacher_has_cafa
+    assert (model.student.cafa is None) == (not loss.get("cafa", True))
+    out = model.compute_losses(batch, teacher_temp=0.01)
+    n_tokens = int(np.prod(model.student.backbone.token_grid[tokens_key]))
+    assert out["teacher_tokens"].shape[1] == n_tokens
+    assert torch.isfinite(out["loss"])
+
+
+def test_centres_follow_the_teacher_outputs(batch):
+    model = build()
+    out = model.compute_losses(batch, teacher_temp=0.01)
+    model.update_centres(out)
+    torch.testing.assert_close(model.cls_loss.centre, 0.1 * out["teacher_cls"].mean(0, keepdim=True))
+    torch.testing.assert_close(model.patch_loss.centre, 0.1 * out["teacher_tokens"].mean((0, 1), keepdim=True))
+
+
+def test_a_few_steps_on_a_fixed_batch_lower_the_loss(batch):
+    model = build().train()
+    optimizer = torch.optim.AdamW([p for p in model.student.parameters() if p.requires_grad], lr=3e-4,
+                                  weight_decay=0.0)
+    one_pair = PairBatch(batch.query[:1], batch.key[:1], batch.query_mask[:1], batch.key_mask[:1], batch.pairs[:1])
+    losses = []
+    for _ in range(10):
+        out = model.compute_losses(one_pair, teacher_temp=0.01)
+        optimizer.zero_grad()
+        out["loss"].backward()
+        optimizer.step()
+        model.update_teacher(0.99)
+        model.update_centres(out)
+        losses.append(out["loss"].item())
+    assert losses[-1] < 0.5 * losses[0]
+    assert losses[-1] < losses[2]
+
+
+def test_rec_masked_only_uses_the_masked_voxels(batch):
+    model = build(rec_masked_only=True)
+    out = model.compute_losses(batch, teacher_temp=0.01)
+    images = torch.cat([batch.query, batch.key])
+    masks = out["masks"]
+    expected = ((out["recon"] - images) ** 2)[masks].mean()
+    assert out["loss/rec"].item() == pytest.approx(expected.item(), rel=1e-5)
