@@ -270,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     sam_train.add_argument("--manifest", type=Path, default=paths.SAMPLE_MANIFEST, help="cohort (default: %(default)s)")
     sam_train.add_argument("--preset", choices=["cpu", "published"], default="cpu",
                            help="cpu: 4 mm input, small widths; published: the paper's 2 mm ResNet-18 (default: cpu)")
-    sam_train.add_argument("--steps", type=int, default=4000, help="optimiser steps (default: %(default)s)")
+    sam_train.add_argument("--steps", type=int, default=2000, help="optimiser steps (default: %(default)s)")
     sam_train.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     sam_train.add_argument("--out", type=Path, help="run folder (default: <workspace>/runs/sam/<time>-<preset>)")
     sam_train.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",

@@ -24,7 +24,8 @@ def write_sam_card(run_dir: str | Path, command: str, records: list[CaseRecord])
 
 Self-supervised anatomical embedding (Yan et al., SAM, IEEE TMI 2022), reimplemented in pure torch for Alice
 Explorer. Every voxel gets a local (fine) and a global (coarse) L2-normalised embedding; matching a point across
-scans takes the argmax of the mean of the two cosine similarities. Used to mine Alice's cross-patient view pairs.
+scans takes the argmax of the mean of the two cosine similarities (refined to a quarter of a local voxel). Used to
+mine Alice's cross-patient view pairs.
 
 **Intended use:** research and teaching (view mining, landmark retrieval demos). Not for diagnosis or any
 clinical use.
@@ -49,7 +50,7 @@ Landmark retrieval on the held-out pseudo-subjects, against the untrained networ
 
 ## Limits
 Trained on one real patient's deformed copies plus two real chest CTs: it knows the chest and upper abdomen of
-this cohort, at 4 mm input spacing (8 mm local grid, so matches are quantised to about 4 mm per axis). Like SAM,
+this cohort, at 4 mm input spacing (8 mm local grid; matches are refined between its voxels). Like SAM,
 it is unreliable on textureless regions and cannot match outside the body or the trained body region.
 """
     return atomic_write_text(run_dir / "MODEL_CARD.md", text)

@@ -10,7 +10,7 @@ from scipy import ndimage
 
 from alice.anatomy.cache import embed_case
 from alice.anatomy.grid import sample_at_mm, xyz_to_ijk
-from alice.anatomy.match import NoMatch, match_points
+from alice.anatomy.match import REFINE_STEPS_PER_VOXEL, NoMatch, match_points
 from alice.anatomy.model import SAMConfig, build_sam
 from alice.data.io import Volume
 from tests.anatomy.conftest import SPACING_MM, lung_point, synthetic_ct, tiny_config
@@ -66,9 +66,9 @@ def test_an_off_grid_point_matched_within_its_own_case_lands_within_one_voxel(em
     result = match_points(embedding, embedding, points)
     voxel_mm = np.linalg.norm(embedding.local_affine[:3, :3], axis=0)
     assert np.all(np.abs(result.xyz_mm - points) <= voxel_mm)
-    # The match is a voxel whose own match is itself, so the cycle error is the distance back to the point.
-    np.testing.assert_allclose(result.cycle_error_mm, np.linalg.norm(result.xyz_mm - points, axis=1))
-    assert result.cycle_error_mm.max() > 0
+    # Sub-voxel refinement usually finds the off-grid point to within a lattice step, not just the nearest voxel.
+    step_mm = voxel_mm / REFINE_STEPS_PER_VOXEL
+    assert np.median(np.abs(result.xyz_mm - points).max(axis=1)) <= step_mm.max()
 
 
 def test_a_known_shift_is_recovered_in_world_mm(model, volume, embedding):
