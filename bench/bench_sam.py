@@ -92,7 +92,9 @@ def main() -> None:
     scans = [prepare_scan(load_volume(r.image), config.model.spacing_mm) for r in cohort.split("train")]
     step_s = train_step_seconds(config, scans, args.steps, torch.device("cpu"), build_sam, build_sam_loss,
                                 build_optimizer, make_batch, grid_affine)
-    rows.append((f"training step, `cpu` preset, 2 views x 2 scans of 48x48x16 at 4 mm: median of {args.steps}",
+    crop = "x".join(map(str, config.train.crop_shape))
+    rows.append((f"training step, `cpu` preset, 2 views x {config.train.volumes_per_batch} scans of {crop} at "
+                 f"{config.model.spacing_mm:g} mm: median of {args.steps}",
                  f"{step_s:.3f} s"))
     run_metrics = args.checkpoint.with_suffix(".metrics.jsonl")
     train_minutes = None
