@@ -8,4 +8,6 @@ st.navigation([
     st.Page("../pages/viewer.py", title="Cohort viewer", icon=":material/view_in_ar:"),
     st.Page("../pages/add_case.py", title="Add a case", icon=":material/upload_file:"),
     st.Page("../pages/view_mining.py", title="View mining", icon=":material/join_inner:"),
+    st.Page("../pages/pretraining.py", title="Pretraining", icon=":material/model_training:"),
+    st.Page("../pages/attention.py", title="Attention (CAFA)", icon=":material/center_focus_strong:"),
 ]).run()

@@ -109,7 +109,8 @@ class AliceSSL(nn.Module):
             ``loss`` (with gradient), ``loss/cls``, ``loss/patch``, ``loss/rec``; ``cls_agreement`` (fraction of
             cross-view pairs whose teacher and student cls argmax agree); ``masks`` (2B, 1, R, R, R);
             ``recon`` (2B, 1, R, R, R); ``cafa_attn`` (2B, heads, N_enc, N_kv) of branch S (absent with CAFA
-            off); ``teacher_cls`` and ``teacher_tokens``, the targets the centres follow. Rows [0, B) are
+            off); ``teacher_cls`` and ``teacher_tokens``, the targets the centres follow; ``student_tokens``, the
+            student's side of the token loss (same shape as ``teacher_tokens``). Rows [0, B) are
             the query views, [B, 2B) the key views; everything but ``loss`` is detached.
         """
         student = self.student if student is None else student
@@ -142,7 +143,7 @@ class AliceSSL(nn.Module):
         result = {"loss": loss, "loss/cls": loss_cls.detach(), "loss/patch": loss_patch.detach(),
                   "loss/rec": loss_rec.detach(), "cls_agreement": agreement, "masks": masks,
                   "recon": out["recon"].detach(), "teacher_cls": t_cls.detach(),
-                  "teacher_tokens": target_tokens.detach()}
+                  "teacher_tokens": target_tokens.detach(), "student_tokens": student_tokens.detach()}
         if "cafa_attn" in out:
             result["cafa_attn"] = out["cafa_attn"].detach()
         return result

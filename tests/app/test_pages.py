@@ -164,7 +164,7 @@ def test_add_case_from_a_server_path(tmp_path):
     assert user_cohort().case_ids == ["tiny"]
 
 
-@pytest.mark.parametrize("page", ["home", "viewer", "add_case", "view_mining"])
+@pytest.mark.parametrize("page", ["home", "viewer", "add_case", "view_mining", "pretraining", "attention"])
 def test_every_page_runs_without_a_sample_cohort(page, monkeypatch, tmp_path):
     monkeypatch.setattr(paths, "SAMPLE_MANIFEST", tmp_path / "missing.csv")
     open_page(page)
