@@ -60,6 +60,19 @@ def write_dicom_series(folder: Path, array_lps: np.ndarray, spacing=(0.8, 0.8, 2
     return folder
 
 
+@pytest.fixture(scope="session")
+def tiny_sam_checkpoint(tmp_path_factory):
+    """An untrained SAM of a few thousand weights: matches are arbitrary, but every code path runs."""
+    import torch
+
+    from alice.anatomy.model import build_sam, save_sam
+    from tests.anatomy.conftest import tiny_config
+
+    torch.manual_seed(0)
+    config = tiny_config()
+    return save_sam(tmp_path_factory.mktemp("sam") / "tiny.pt", build_sam(config), config, step=0)
+
+
 @pytest.fixture
 def sample_cohort_available():
     if not paths.SAMPLE_MANIFEST.exists():

@@ -6,18 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from alice.anatomy.model import build_sam, save_sam
 from alice.cli import main
 from alice.data.cohort import CaseRecord, Cohort, load_case, sample_cohort, write_manifest
 from alice.data.io import Volume, save_volume
 from tests.anatomy.conftest import tiny_config
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    config = tiny_config()
-    return save_sam(tmp_path_factory.mktemp("ckpt") / "tiny.pt", build_sam(config), config, step=0)
 
 
 @pytest.fixture(scope="module")
@@ -40,22 +32,22 @@ def small_cohort(tmp_path_factory):
     return write_manifest(Cohort("small", tuple(records)), root / "manifest.csv")
 
 
-def test_mine_json_is_one_object_with_the_pairs(small_cohort, tiny_checkpoint, capsys):
-    assert main(["mine", "--manifest", str(small_cohort), "--checkpoint", str(tiny_checkpoint), "--n", "3",
+def test_mine_json_is_one_object_with_the_pairs(small_cohort, tiny_sam_checkpoint, capsys):
+    assert main(["mine", "--manifest", str(small_cohort), "--checkpoint", str(tiny_sam_checkpoint), "--n", "3",
                  "--threshold", "0.3", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["mode"] == "sam" and len(out["pairs"]) == 3
     assert all(p["query_case"] != p["key_case"] for p in out["pairs"])
 
 
-def test_mine_same_volume_writes_csv(small_cohort, tiny_checkpoint, tmp_path, capsys):
+def test_mine_same_volume_writes_csv(small_cohort, tiny_sam_checkpoint, tmp_path, capsys):
     out = tmp_path / "pairs.csv"
     assert main(["mine", "--manifest", str(small_cohort), "--mode", "same_volume", "--n", "2", "--out", str(out)]) == 0
     assert len(out.read_text().splitlines()) == 3
 
 
-def test_eval_landmarks_json_reports_every_method(small_cohort, tiny_checkpoint, capsys):
-    assert main(["eval", "landmarks", "--manifest", str(small_cohort), "--checkpoint", str(tiny_checkpoint),
+def test_eval_landmarks_json_reports_every_method(small_cohort, tiny_sam_checkpoint, capsys):
+    assert main(["eval", "landmarks", "--manifest", str(small_cohort), "--checkpoint", str(tiny_sam_checkpoint),
                  "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["key_cases"] == ["pseudo05"]
@@ -65,8 +57,8 @@ def test_eval_landmarks_json_reports_every_method(small_cohort, tiny_checkpoint,
         assert metrics["n"] > 50
 
 
-def test_sam_embed_json(small_cohort, tiny_checkpoint, capsys):
-    assert main(["sam", "embed", "--manifest", str(small_cohort), "--checkpoint", str(tiny_checkpoint), "--cases",
+def test_sam_embed_json(small_cohort, tiny_sam_checkpoint, capsys):
+    assert main(["sam", "embed", "--manifest", str(small_cohort), "--checkpoint", str(tiny_sam_checkpoint), "--cases",
                  "lung1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["cases"][0]["case"] == "lung1"
 

@@ -1,28 +1,17 @@
 """The Attention (CAFA) page through AppTest: an untrained cpu-tiny model, a tiny SAM checkpoint, the sample cohort."""
 
 import pytest
-import torch
 from streamlit.testing.v1 import AppTest
 
 from alice import paths
-from alice.anatomy.model import build_sam, save_sam
 from alice.ui import attention
-from tests.anatomy.conftest import tiny_config
 
 MAIN = str(paths.REPO_ROOT / "app" / "main.py")
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    """An untrained SAM of a few thousand weights: matches are arbitrary, but the sam mining path runs."""
-    torch.manual_seed(0)
-    config = tiny_config()
-    return save_sam(tmp_path_factory.mktemp("sam") / "tiny.pt", build_sam(config), config, step=0)
-
-
 @pytest.fixture(autouse=True)
-def use_tiny_checkpoint(tiny_checkpoint, monkeypatch, sample_cohort_available):
-    monkeypatch.setenv("ALICE_SAM_CHECKPOINT", str(tiny_checkpoint))
+def use_tiny_sam_checkpoint(tiny_sam_checkpoint, monkeypatch, sample_cohort_available):
+    monkeypatch.setenv("ALICE_SAM_CHECKPOINT", str(tiny_sam_checkpoint))
     monkeypatch.setattr(paths, "DEFAULT_ALICE_CHECKPOINT", paths.REPO_ROOT / "checkpoints" / "absent.pt")
 
 
