@@ -86,18 +86,22 @@ def cmd_sam_train(args: argparse.Namespace) -> int:
 
     from alice.anatomy.model import PRESETS, SAMConfig
     from alice.anatomy.train import train_sam
+    from alice.config import apply_overrides
 
     records = _training_records(args.manifest, "train")
     out = args.out or paths.runs_dir("sam") / f"{strftime('%Y%m%d-%H%M%S')}-{args.preset}"
+    config = PRESETS[args.preset]
+    if args.set:
+        try:
+            config = SAMConfig.from_dict(apply_overrides(config.to_dict(), args.set))
+        except (ValueError, TypeError) as exc:
+            raise InputError(None, f"--set: {exc}") from exc
     bar = _progress(range(args.steps), desc="SAM training", unit="step")
 
     def report(step: int, steps: int, record: dict) -> None:
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.3f}")
 
-    config = PRESETS[args.preset]
-    if args.set:
-        config = SAMConfig.from_dict(apply_overrides(config.to_dict(), args.set))
     checkpoint = train_sam(records, config, args.steps, out, seed=args.seed, progress=report)
     bar.close()
     from alice.anatomy.card import write_sam_card
@@ -195,29 +199,6 @@ def cmd_export_backbone(args: argparse.Namespace) -> int:
     bundle = export_backbone(args.source, args.out)
     print(f"wrote the MONAI bundle {bundle}")
     return 0
-
-
-def apply_overrides(config: dict, assignments: list[str]) -> dict:
-    """``section.key=value`` assignments (values in YAML syntax) applied to a nested config dict."""
-    import copy
-
-    import yaml
-
-    config = copy.deepcopy(config)
-    for assignment in assignments:
-        name, sep, value = assignment.partition("=")
-        if not sep:
-            raise InputError(None, f"--set {assignment!r}: expected section.key=value")
-        *sections, key = name.strip().split(".")
-        target = config
-        for section in sections:
-            if not isinstance(target.get(section), dict):
-                raise InputError(None, f"--set {assignment!r}: no config section {section!r}")
-            target = target[section]
-        if key not in target:
-            raise InputError(None, f"--set {assignment!r}: unknown key {key!r} (known: {', '.join(target)})")
-        target[key] = yaml.safe_load(value)
-    return config
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,7 +24,7 @@ from scipy import ndimage
 
 from alice import paths
 from alice.atomic import atomic_write_text
-from alice.data.cohort import Cohort, CaseRecord, write_manifest
+from alice.data.cohort import CaseRecord, Cohort, load_manifest, write_manifest
 from alice.data.io import Volume, load_label, load_volume, resample_volume, save_volume
 from alice.data.labels import structure_landmarks, write_label_names, write_landmarks
 from alice.errors import InputError
@@ -204,8 +204,6 @@ def _totalsegmentator_names(structures_csv: Path) -> dict[int, str]:
 def _other_rows(manifest: Path, replaced: set[str]) -> list[CaseRecord]:
     if not manifest.exists():
         return []
-    from alice.data.cohort import load_manifest
-
     return [c for c in load_manifest(manifest).cases if c.case_id not in replaced]
 
 

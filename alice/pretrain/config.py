@@ -19,6 +19,7 @@ import yaml
 
 from alice import paths
 from alice.atomic import atomic_write_text
+from alice.config import apply_overrides
 from alice.errors import InputError
 from alice.mining.views import MODES
 from alice.models.build import PRESETS as MODEL_PRESETS
@@ -213,11 +214,7 @@ def load_config(preset: str = "cpu-tiny", file: str | Path | None = None,
     data = PRESETS[preset].to_dict()
     if file is not None:
         _merge(data, read_yaml(file))
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise InputError(None, f"override {item!r} is not key=value (e.g. optim.lr=1e-4)")
-        _set_dotted(data, key.strip(), yaml.safe_load(text) if text.strip() else "")
+    apply_overrides(data, overrides)
     config = PretrainConfig.from_dict(data)
     validate(config)
     return config
@@ -345,17 +342,6 @@ def _merge(base: dict, update: dict) -> None:
             _merge(base[key], value)
         else:
             base[key] = value
-
-
-def _set_dotted(data: dict, key: str, value) -> None:
-    parts = key.split(".")
-    node = data
-    for depth, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if not isinstance(child, dict):
-            raise InputError(None, f"override {key}: {'.'.join(parts[:depth + 1])!r} is not a config section")
-        node = child
-    node[parts[-1]] = value
 
 
 def _plain(value):
