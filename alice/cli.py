@@ -167,6 +167,133 @@ def cmd_eval_landmarks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _embedding_settings(args: argparse.Namespace, source: str | None = None):
+    """Resolved settings from the embedding arguments; ``--checkpoint`` applies to ``args.source`` (or, for
+    ``eval retrieval``, to the Alice source)."""
+    from alice.explore.dense import EmbeddingSettings
+
+    source = source or args.source
+    own_checkpoint = source == getattr(args, "source", "alice") and args.checkpoint
+    return EmbeddingSettings(source=source, checkpoint=str(args.checkpoint) if own_checkpoint else "",
+                             network=args.network, tokens=args.tokens, sam_part=args.sam_part,
+                             grid_mm=args.grid_mm).resolved()
+
+
+def _embedded_cohort(args: argparse.Namespace, settings, records=None):
+    """The (records, embeddings) of the manifest's cases (or ``records``), with a progress bar."""
+    from tqdm import tqdm
+
+    from alice.data.cohort import load_manifest
+    from alice.explore.dense import embed_cohort
+
+    if records is None:
+        cohort = load_manifest(args.manifest)
+        records = cohort.split(args.split) if args.split else list(cohort.cases)
+    with tqdm(total=len(records), desc=f"embedding ({settings.label()})", unit="case") as bar:
+        embeddings = embed_cohort(records, settings, lambda done, total, case: bar.update(1))
+    return records, embeddings
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from alice.data.cohort import load_manifest
+    from alice.explore.dense import cache_entry_path, shard
+
+    settings = _embedding_settings(args)
+    cohort = load_manifest(args.manifest)
+    records = shard(cohort.split(args.split) if args.split else list(cohort.cases))
+    records, embeddings = _embedded_cohort(args, settings, records)
+    rows = [{"case": e.case_id, "vectors": len(e), "dim": e.dim, "file": str(cache_entry_path(r, settings)[0])}
+            for r, e in zip(records, embeddings)]
+    if args.json:
+        print(json.dumps({"source": settings.label(), "key": settings.key(), "cases": rows}))
+    else:
+        for row in rows:
+            print(f"{row['case']:<12} {row['vectors']:>8} x {row['dim']:<4} {row['file']}")
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from alice.explore.dense import cohort_index
+
+    settings = _embedding_settings(args)
+    records, embeddings = _embedded_cohort(args, settings)
+    index = cohort_index(records, embeddings, settings)
+    meta = index.metadata
+    if args.json:
+        print(json.dumps(meta))
+    else:
+        print(f"{index.folder}: {meta['kind']} index of {index.n_vectors} {index.dim}-d vectors from "
+              f"{len(index.case_ids)} cases ({settings.label()}); recall@10 {meta.get('recall_at_10')}")
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from alice.explore.dense import cohort_index
+    from alice.explore.retrieval import query_point
+
+    settings = _embedding_settings(args)
+    records, embeddings = _embedded_cohort(args, settings)
+    by_case = {e.case_id: e for e in embeddings}
+    if args.case not in by_case:
+        raise InputError(args.manifest, f"no case {args.case!r} among {sorted(by_case)}")
+    query = by_case[args.case]
+    xyz_mm = args.mm if args.mm is not None else _ijk_to_mm(query, args.ijk)
+    index = cohort_index(records, embeddings, settings)
+    result = query_point(query, xyz_mm, embeddings, settings.label(), {r.case_id: r for r in records}, index, args.k)
+    table = result.table()
+    if args.out:
+        from alice.atomic import atomic_write_text
+
+        atomic_write_text(args.out, table.to_csv(index=False))
+    if args.json:
+        print(json.dumps({"matches": json.loads(table.to_json(orient="records")),
+                          "top_k": json.loads(result.top_k.to_json(orient="records"))}))
+    else:
+        print(table.drop(columns=["query_case", "query_x_mm", "query_y_mm", "query_z_mm", "source"])
+              .to_string(index=False))
+    return 0
+
+
+def _ijk_to_mm(embedding, ijk):
+    if ijk is None:
+        raise InputError(None, "give the query point with --mm X Y Z or --ijk I J K")
+    import numpy as np
+
+    return np.asarray(ijk, dtype=np.float64) @ embedding.affine[:3, :3].T + embedding.affine[:3, 3]
+
+
+def cmd_eval_retrieval(args: argparse.Namespace) -> int:
+    from alice.explore.evaluate import run_retrieval_evaluation
+
+    sources = {name: _embedding_settings(args, source=name) for name in args.sources}
+    result = run_retrieval_evaluation(args.manifest, sources, args.source_case, args.split)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"landmark retrieval: {args.source_case} -> held-out pseudo-subjects ({', '.join(result['key_cases'])})")
+    print(f"{'source':<10} {'MRE':>8} {'median':>8} {'max':>8} {'<=5mm':>7} {'<=10mm':>7} {'<=20mm':>7} {'n':>5}")
+    for name, m in result["methods"].items():
+        print(f"{name:<10} {m['mre_mm']:>8.2f} {m['median_mm']:>8.2f} {m['max_mm']:>8.2f} {m['within_5mm']:>7.1%} "
+              f"{m['within_10mm']:>7.1%} {m['within_20mm']:>7.1%} {m['n']:>5}")
+    for case, facts in result["real_patients"].items():
+        cycle = ", ".join(f"{name} {m['mre_mm']:.1f} mm" for name, m in facts["cycle_error"].items())
+        print(f"{case}: landmark error {facts['landmark_error']}; mean cycle error {cycle}")
+    return 0
+
+
+def cmd_ship_checkpoint(args: argparse.Namespace) -> int:
+    from alice.explore.dense import EmbeddingSettings
+    from alice.explore.evaluate import DEFAULT_SOURCES, run_retrieval_evaluation
+    from alice.pretrain.card import ship_checkpoint, write_card
+
+    out = ship_checkpoint(args.run, args.out)
+    sources = {**DEFAULT_SOURCES, "alice": EmbeddingSettings(source="alice", checkpoint=str(out))}
+    quality = run_retrieval_evaluation(paths.SAMPLE_MANIFEST, sources)
+    card = write_card(args.run, out, out.with_suffix(".md"), args.command, quality)
+    print(f"wrote {out} and {card}")
+    return 0
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
     import os
 
@@ -199,6 +326,104 @@ def cmd_export_backbone(args: argparse.Namespace) -> int:
     bundle = export_backbone(args.source, args.out)
     print(f"wrote the MONAI bundle {bundle}")
     return 0
+
+
+def _finetune_overrides(args: argparse.Namespace) -> list[str]:
+    """``--set`` values plus the shortcut flags that were given, as dotted overrides."""
+    flags = {"run.steps": args.steps, "run.seed": args.seed, "data.train_cases": args.train_cases}
+    return [*args.set, *(f"{key}={value}" for key, value in flags.items() if value is not None)]
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from alice import runs
+    from alice.segment.network import load_segmentation_checkpoint
+    from alice.segment.train import RUN_KIND, FinetuneConfig, default_config, finetune, load_finetune_config
+
+    if args.resume and args.out is None:
+        raise InputError(None, "--resume needs --out RUN_DIR, the run to continue")
+    if args.resume:
+        stored = FinetuneConfig.from_dict(load_segmentation_checkpoint(runs.checkpoint_path(args.out))["config"])
+        base = stored if args.init is None else default_config(args.init)
+    else:
+        base = default_config(args.init or "scratch")
+    config = load_finetune_config(_finetune_overrides(args), base)
+    out = args.out or runs.new_run_dir(RUN_KIND, Path(config.init).stem if args.init else "scratch")
+    bar = _progress(None, total=config.run.steps, desc="fine-tuning", unit="step")
+
+    def report(step: int, total: int, record: dict) -> None:
+        bar.n = step
+        bar.set_postfix(loss=f"{record['loss']:.3f}", **({"dice": f"{record['val_dice']:.3f}"}
+                                                          if record.get("val_dice") is not None else {}))
+
+    checkpoint = finetune(config, out, resume=args.resume, progress=report)
+    bar.close()
+    print((runs.read_status(out) or {}).get("message", ""))
+    print(f"wrote {checkpoint}")
+    return 0
+
+
+def _print_scores(title: str, result: dict) -> None:
+    print(f"{title}: mean Dice {_score(result['dice_mean'])}, mean HD95 {_score(result['hd95_mean'], 1)} mm "
+          f"on {', '.join(result['cases'])}")
+    for name, scores in result["classes"].items():
+        print(f"  {name:<12} Dice {_score(scores['dice'])}  HD95 {_score(scores['hd95'], 1)} mm")
+
+
+def _score(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def cmd_eval_segmentation(args: argparse.Namespace) -> int:
+    from alice.segment.evaluate import compare_methods, evaluate_run
+    from alice.segment.train import load_finetune_config
+
+    if args.run:
+        result = evaluate_run(args.run, args.split)
+        if args.json:
+            print(json.dumps(result))
+        else:
+            _print_scores(str(args.run), result)
+        return 0
+    ablations = {}
+    for item in args.ablation:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise InputError(None, f"--ablation {item!r} is not NAME=PATH")
+        ablations[name] = path
+    base = load_finetune_config(_finetune_overrides(args))
+    result = compare_methods(args.checkpoint, ablations, args.seeds, args.methods, base, args.split,
+                             on_run=lambda name, seed, run: print(f"{name} seed {seed}: {run}", file=sys.stderr))
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"segmentation on split {result['split']!r}: mean Dice over seeds (std), mean HD95")
+    for name, m in result["methods"].items():
+        print(f"{name:<16} Dice {_score(m['dice_mean'])} ({_score(m['dice_std'])})  HD95 {_score(m['hd95_mean'], 1)} "
+              f"mm  seeds {m['seeds']}")
+        print("    " + ", ".join(f"{c} {_score(d)}" for c, d in m["per_structure"].items()))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from alice.segment.predict import predict_file
+
+    print(f"wrote {predict_file(args.model, args.image, args.out)}")
+    return 0
+
+
+def cmd_export_segmentation(args: argparse.Namespace) -> int:
+    from alice.segment.predict import export_bundle
+
+    print(f"wrote the MONAI bundle {export_bundle(args.run, args.out)}")
+    return 0
+
+
+def _finetune_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--train-cases", type=int, help="labelled training cases at most (default: 4)")
+    command.add_argument("--steps", type=int, help="optimiser steps per run (default: 600)")
+    command.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                         help="override one fine-tuning config value by its dotted key (repeatable), e.g. "
+                              "--set optim.lr=1e-4 --set data.label_set=btcv")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -251,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     sam_train.add_argument("--manifest", type=Path, default=paths.SAMPLE_MANIFEST, help="cohort (default: %(default)s)")
     sam_train.add_argument("--preset", choices=["cpu", "published"], default="cpu",
                            help="cpu: 4 mm input, small widths; published: the paper's 2 mm ResNet-18 (default: cpu)")
-    sam_train.add_argument("--steps", type=int, default=2000, help="optimiser steps (default: %(default)s)")
+    sam_train.add_argument("--steps", type=int, default=1600, help="optimiser steps (default: %(default)s)")
     sam_train.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     sam_train.add_argument("--out", type=Path, help="run folder (default: <workspace>/runs/sam/<time>-<preset>)")
     sam_train.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -285,6 +510,53 @@ def build_parser() -> argparse.ArgumentParser:
     mine.add_argument("--json", action="store_true", help="print one JSON object")
     mine.set_defaults(func=cmd_mine)
 
+    def embedding_arguments(command: argparse.ArgumentParser, source: bool = True) -> None:
+        if source:
+            command.add_argument("--source", choices=["alice", "sam", "untrained"], default="alice",
+                                 help="embedding source (default: %(default)s)")
+        command.add_argument("--checkpoint", type=Path, help="checkpoint (default: the shipped one of the source)")
+        command.add_argument("--network", choices=["teacher", "student"], default="teacher",
+                             help="Alice backbone (default: %(default)s)")
+        command.add_argument("--tokens", choices=["decoder", "encoder"], default="decoder",
+                             help="Alice tokens (default: %(default)s)")
+        command.add_argument("--sam-part", choices=["both", "local", "global"], default="both",
+                             help="SAM embedding (default: %(default)s)")
+        command.add_argument("--grid-mm", type=float, default=6.0,
+                             help="spacing of the stored vectors in mm (default: %(default)s)")
+        command.add_argument("--manifest", type=Path, default=paths.SAMPLE_MANIFEST, help="cohort (default: %(default)s)")
+        command.add_argument("--json", action="store_true", help="print one JSON object")
+
+    embed = commands.add_parser(
+        "embed", help="dense embeddings of a cohort (cached; sharded across torchrun ranks)",
+        description="One unit vector every --grid-mm inside the body of each case, with its voxel, mm, HU and "
+                    "label, cached per (case, checkpoint, settings). Under `torchrun --nproc_per_node=N -m alice "
+                    "embed ...` each rank embeds its share of the cases.")
+    embedding_arguments(embed)
+    embed.add_argument("--split", help="only the cases of this split (default: all)")
+    embed.set_defaults(func=cmd_embed)
+
+    index = commands.add_parser(
+        "index", help="FAISS index of a cohort's dense embeddings (rebuilt when stale)",
+        description="Exact inner-product index for small cohorts, IVF above a size threshold, IVF-PQ when the "
+                    "vectors would not fit in memory; kind, parameters and measured recall@10 in metadata.json.")
+    embedding_arguments(index)
+    index.add_argument("--split", help="only the cases of this split (default: all)")
+    index.set_defaults(func=cmd_index)
+
+    query = commands.add_parser(
+        "query", help="find a point of one case in every other case",
+        description="The best match of a query point in every other case (score, cycle-consistency error, error to "
+                    "the true position where the correspondence is known) and the cohort-wide top-k.")
+    embedding_arguments(query)
+    query.add_argument("--case", required=True, help="query case id")
+    where = query.add_mutually_exclusive_group(required=True)
+    where.add_argument("--mm", type=float, nargs=3, metavar=("X", "Y", "Z"), help="query point, world RAS+ mm")
+    where.add_argument("--ijk", type=float, nargs=3, metavar=("I", "J", "K"), help="query point, voxel indices")
+    query.add_argument("--k", type=int, default=10, help="size of the cohort-wide top-k (default: %(default)s)")
+    query.add_argument("--split", help="only the cases of this split (default: all)")
+    query.add_argument("--out", type=Path, help="write the matches as CSV")
+    query.set_defaults(func=cmd_query)
+
     evaluate = commands.add_parser("eval", help="evaluations", description="Evaluation commands (--json for one object).")
     eval_commands = evaluate.add_subparsers(dest="eval_command", required=True, metavar="COMMAND")
     landmarks = eval_commands.add_parser(
@@ -299,6 +571,36 @@ def build_parser() -> argparse.ArgumentParser:
     landmarks.add_argument("--seed", type=int, default=0, help="seed of the untrained network (default: %(default)s)")
     landmarks.add_argument("--json", action="store_true", help="print one JSON object")
     landmarks.set_defaults(func=cmd_eval_landmarks)
+
+    retrieval = eval_commands.add_parser(
+        "retrieval", help="landmark retrieval with every embedding source (alice, sam, untrained)",
+        description="The landmark protocol of `alice eval landmarks` through the explorer's retrieval, for each "
+                    "embedding source, on the held-out pseudo-subjects; cycle-consistency error on the real patients.")
+    embedding_arguments(retrieval, source=False)
+    retrieval.add_argument("--sources", nargs="+", choices=["alice", "sam", "untrained"],
+                           default=["alice", "sam", "untrained"], help="(default: all three)")
+    retrieval.add_argument("--source-case", default="lidc0001", help="case whose landmarks are queried")
+    retrieval.add_argument("--split", default="test", help="split of the key cases (default: %(default)s)")
+    retrieval.set_defaults(func=cmd_eval_retrieval)
+
+    segmentation = eval_commands.add_parser(
+        "segmentation", help="segmentation Dice/HD95: scratch vs Alice vs ablations over seeds (or one run)",
+        description="Fine-tunes one run per method and seed under <workspace>/runs/segment/<method>-seed<k>/ "
+                    "(a finished run with the same config is reused, an interrupted one resumed) and scores each "
+                    "on the held-out split with sliding-window inference: Dice and HD95 (mm) per class, mean and "
+                    "std over seeds. With --run, scores that one run only.")
+    segmentation.add_argument("--run", type=Path, help="score this fine-tuning run only")
+    segmentation.add_argument("--checkpoint", type=Path, default=paths.alice_checkpoint(),
+                              help="Alice checkpoint, run folder or bundle of method 'alice' (default: %(default)s)")
+    segmentation.add_argument("--methods", nargs="+", choices=["scratch", "alice"], default=["scratch", "alice"],
+                              help="(default: both)")
+    segmentation.add_argument("--ablation", action="append", default=[], metavar="NAME=PATH",
+                              help="a further pretrained checkpoint to compare, e.g. same_volume=runs/alice/x")
+    segmentation.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="(default: 0 1 2)")
+    _finetune_arguments(segmentation)
+    segmentation.add_argument("--split", default="test", help="held-out split (default: %(default)s)")
+    segmentation.add_argument("--json", action="store_true", help="print one JSON object")
+    segmentation.set_defaults(func=cmd_eval_segmentation, seed=None)
 
     pretrain = commands.add_parser(
         "pretrain", help="Alice pretraining (teacher-student, masking, CAFA) into a run folder",
@@ -319,6 +621,16 @@ def build_parser() -> argparse.ArgumentParser:
                           help="continue the run in --out from checkpoints/last.pt (the config must not change)")
     pretrain.set_defaults(func=cmd_pretrain)
 
+    ship = commands.add_parser(
+        "ship-checkpoint", help="copy a pretraining run's checkpoint for the app, with a measured model card",
+        description="Write the run's last checkpoint as a slim float16 file (student, teacher, centres, config; no "
+                    "optimiser), run `alice eval retrieval` on it and write its model card beside it (.md).")
+    ship.add_argument("run", type=Path, help="pretraining run folder")
+    ship.add_argument("--out", type=Path, default=paths.DEFAULT_ALICE_CHECKPOINT, help="(default: %(default)s)")
+    ship.add_argument("--command", default="alice pretrain --preset cpu-tiny",
+                      help="the pretraining command, for the card (default: %(default)s)")
+    ship.set_defaults(func=cmd_ship_checkpoint)
+
     export = commands.add_parser(
         "export-backbone", help="export a pretrained backbone as a MONAI bundle",
         description="Write the student backbone (encoder + decoder, no head or CAFA) of an Alice run or checkpoint "
@@ -326,6 +638,40 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("source", type=Path, help="run folder (uses checkpoints/last.pt) or checkpoint file")
     export.add_argument("--out", type=Path, required=True, help="bundle folder to write")
     export.set_defaults(func=cmd_export_backbone)
+
+    finetune = commands.add_parser(
+        "finetune", help="fine-tune a segmentation network from scratch or from Alice into a run folder",
+        description="Segmentation fine-tuning: the Alice backbone (random or pretrained encoder and decoder) with a "
+                    "new class output layer, trained with DiceCELoss on foreground-biased crops of the first "
+                    "--train-cases labelled pseudo-subjects of the training split (organs label set: liver, spleen, "
+                    "kidneys, stomach, pancreas, aorta, heart, lungs, vertebrae). Writes config.yaml, status.json, "
+                    "metrics.jsonl (loss per step, validation Dice), train.log, TensorBoard events and "
+                    "checkpoints/{last,best}.pt; a STOP file in the run folder ends it after a checkpoint.")
+    finetune.add_argument("--init", help="'scratch' (default) or an Alice pretraining run folder, checkpoint or "
+                                         "exported backbone bundle (its architecture is used)")
+    finetune.add_argument("--seed", type=int, help="seed of the head, crops and dropout (default: 0)")
+    _finetune_arguments(finetune)
+    finetune.add_argument("--out", type=Path, help="run folder (default: <workspace>/runs/segment/<time>-<init>)")
+    finetune.add_argument("--resume", action="store_true",
+                          help="continue the run in --out from checkpoints/last.pt (the config must not change)")
+    finetune.set_defaults(func=cmd_finetune)
+
+    predict = commands.add_parser(
+        "predict", help="segment a CT with a fine-tuned run, checkpoint or bundle",
+        description="Sliding-window segmentation of one image; the label map is written as NIfTI on the image "
+                    "file's own grid (same axis order and affine).")
+    predict.add_argument("model", type=Path, help="fine-tuning run folder, checkpoint or exported bundle")
+    predict.add_argument("image", type=Path, help="NIfTI/NRRD image or DICOM folder")
+    predict.add_argument("--out", type=Path, required=True, help="label map to write (.nii.gz)")
+    predict.set_defaults(func=cmd_predict)
+
+    export_segmentation = commands.add_parser(
+        "export-segmentation", help="export a fine-tuned segmentation network as a MONAI bundle",
+        description="Write a fine-tuning run's last checkpoint as a MONAI bundle: configs/metadata.json, "
+                    "configs/model.json, configs/segmentation.json, models/model.pt, docs/README.md (model card).")
+    export_segmentation.add_argument("run", type=Path, help="fine-tuning run folder")
+    export_segmentation.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    export_segmentation.set_defaults(func=cmd_export_segmentation)
     return parser
 
 

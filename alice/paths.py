@@ -18,6 +18,12 @@ def sam_checkpoint() -> Path:
     return Path(override).expanduser().resolve() if override else DEFAULT_SAM_CHECKPOINT
 
 
+def alice_checkpoint() -> Path:
+    """The Alice checkpoint the app uses: ``ALICE_PRETRAINED_CHECKPOINT`` when set, else ``DEFAULT_ALICE_CHECKPOINT``."""
+    override = os.environ.get("ALICE_PRETRAINED_CHECKPOINT")
+    return Path(override).expanduser().resolve() if override else DEFAULT_ALICE_CHECKPOINT
+
+
 def workspace_dir() -> Path:
     """The folder for everything the user adds or the pipeline produces (``ALICE_WORKSPACE`` overrides it)."""
     return Path(os.environ.get("ALICE_WORKSPACE", REPO_ROOT / "workspace")).resolve()

@@ -58,14 +58,14 @@ def _present(path: Path) -> bool:
 
 def pipeline_stages() -> list[Stage]:
     """The stages from data to segmentation, in pipeline order, with the state of each output."""
-    checkpoints = paths.CHECKPOINTS_DIR
     workspace = paths.workspace_dir()
     outputs = [
         ("SAM anatomical embedding checkpoint", paths.sam_checkpoint(), "alice sam train", False),
         ("SAM embedding cache", workspace / "embeddings" / "sam", "alice sam embed", False),
-        ("Alice checkpoint (pretrained backbone)", paths.DEFAULT_ALICE_CHECKPOINT,
+        ("Alice checkpoint (pretrained backbone)", paths.alice_checkpoint(),
          "alice pretrain --preset cpu-tiny", False),
-        ("Embedding index", workspace / "index", "alice embed / alice index", True),
-        ("Segmentation model", checkpoints / "segmentation.pt", "alice finetune", True),
+        ("Dense embeddings", workspace / "embeddings" / "dense", "alice embed", False),
+        ("Embedding index (FAISS)", workspace / "indexes", "alice index", False),
+        ("Segmentation runs", workspace / "runs" / "segment", "alice finetune", False),
     ]
     return [Stage(name, path, _present(path), command, planned) for name, path, command, planned in outputs]

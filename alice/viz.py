@@ -104,13 +104,13 @@ def slice_shape(shape: tuple[int, int, int], plane: str) -> tuple[int, int]:
 def extract_slice(array: np.ndarray, plane: str, index: int) -> np.ndarray:
     """The displayed 2D slice (rows, cols) at ``index`` along the plane's fixed axis, in the display convention.
 
-    Returns a view of ``array`` (no copy).
+    Trailing axes beyond the first three (e.g. RGB channels) are kept. Returns a view of ``array`` (no copy).
     """
     spec = PLANE_SPECS[plane]
     section = np.take(array, index, axis=spec.fixed_axis)
     # np.take keeps the two remaining axes in ascending order; put the row axis first.
     if spec.col_axis < spec.row_axis:
-        section = section.T
+        section = section.swapaxes(0, 1)
     return section[::-1, ::-1]
 
 
@@ -263,6 +263,24 @@ def blend_heat(rgb: np.ndarray, values: np.ndarray, vmin: float, vmax: float, op
     return out
 
 
+def blend_rgb(rgb: np.ndarray, colours: np.ndarray, opacity: float) -> np.ndarray:
+    """Alpha-blend a colour picture onto an RGB slice.
+
+    Args:
+        rgb: (H, W, 3) uint8 slice.
+        colours: (H, W, 3) floats in 0..1; pixels with any NaN channel are not drawn.
+        opacity: 0 .. 1.
+    """
+    colours = np.asarray(colours, dtype=np.float32)
+    mask = np.isfinite(colours).all(axis=-1)
+    out = rgb.copy()
+    if opacity <= 0 or not mask.any():
+        return out
+    painted = np.clip(colours[mask], 0, 1) * 255
+    out[mask] = np.round((1 - opacity) * rgb[mask].astype(np.float32) + opacity * painted).astype(np.uint8)
+    return out
+
+
 def slice_label_values(label: np.ndarray, plane: str, index: int) -> tuple[int, ...]:
     """Label values (without 0) present in one slice."""
     values = np.unique(np.take(label, index, axis=PLANE_SPECS[plane].fixed_axis))
@@ -305,6 +323,21 @@ class HeatOverlay:
         return low, high
 
 
+@dataclass(frozen=True, eq=False)
+class RGBOverlay:
+    """Colours on the image's grid drawn over the slices (e.g. an embedding's principal components as RGB).
+
+    Attributes:
+        volume: (X, Y, Z, 3) colours in 0..1 on the image's grid (same affine); NaN where nothing is drawn.
+        name: shown in the legend.
+        opacity: 0 .. 1.
+    """
+
+    volume: Volume
+    name: str
+    opacity: float = 0.5
+
+
 @dataclass(frozen=True)
 class Marker:
     """A point to show on the views, in world RAS+ mm (points travel in mm, never as voxel indices)."""
@@ -314,8 +347,9 @@ class Marker:
 
 
 def compose_slice(image: np.ndarray, plane: str, index: int, window: Window, label: np.ndarray | None = None,
-                  label_opacity: float = 0.0, overlays: tuple[tuple[np.ndarray, HeatOverlay], ...] = ()) -> np.ndarray:
-    """The RGB picture of one slice: windowed grey, then label colours, then heat overlays.
+                  label_opacity: float = 0.0,
+                  overlays: tuple[tuple[np.ndarray, HeatOverlay | RGBOverlay], ...] = ()) -> np.ndarray:
+    """The RGB picture of one slice: windowed grey, then label colours, then the overlays in order.
 
     Args:
         image: (X, Y, Z) HU volume array.
@@ -323,7 +357,8 @@ def compose_slice(image: np.ndarray, plane: str, index: int, window: Window, lab
         window: HU window.
         label: (X, Y, Z) label array on the same grid, or None.
         label_opacity: 0 hides the labels.
-        overlays: (values array, overlay settings) pairs; the arrays share the image's shape.
+        overlays: (values array, overlay settings) pairs; the arrays share the image's grid (an RGB overlay's has
+            a trailing axis of 3).
 
     Returns:
         (rows, cols, 3) uint8.
@@ -332,8 +367,11 @@ def compose_slice(image: np.ndarray, plane: str, index: int, window: Window, lab
     if label is not None and label_opacity > 0:
         rgb = blend_labels(rgb, extract_slice(label, plane, index), label_opacity)
     for values, overlay in overlays:
-        vmin, vmax = overlay.value_range
-        rgb = blend_heat(rgb, extract_slice(values, plane, index), vmin, vmax, overlay.opacity, overlay.threshold)
+        section = extract_slice(values, plane, index)
+        if isinstance(overlay, RGBOverlay):
+            rgb = blend_rgb(rgb, section, overlay.opacity)
+        else:
+            rgb = blend_heat(rgb, section, *overlay.value_range, overlay.opacity, overlay.threshold)
     return rgb
 
 

@@ -10,4 +10,6 @@ st.navigation([
     st.Page("../pages/view_mining.py", title="View mining", icon=":material/join_inner:"),
     st.Page("../pages/pretraining.py", title="Pretraining", icon=":material/model_training:"),
     st.Page("../pages/attention.py", title="Attention (CAFA)", icon=":material/center_focus_strong:"),
+    st.Page("../pages/retrieval.py", title="Landmark retrieval", icon=":material/my_location:"),
+    st.Page("../pages/embeddings.py", title="Embeddings", icon=":material/scatter_plot:"),
 ]).run()

@@ -4,6 +4,7 @@ import streamlit as st
 
 from alice.errors import InputError
 from alice.ui.cases import list_cohorts, load_case_cached
+from alice.ui.state import viewer_crosshair_key
 from alice.ui.viewer import tri_planar_viewer
 
 st.title("Cohort viewer")
@@ -27,4 +28,5 @@ else:
         spacing = " x ".join(f"{s:.3g}" for s in case.image.spacing_mm)
         st.caption(f"{case_id}: {shape} voxels of {spacing} mm, shown in RAS+ world mm (radiological: the "
                    "patient's right is on the image's left). Click a view to move the crosshair.")
-        tri_planar_viewer("viewer", case.image, case.label, case.label_names, case_key=f"{cohort.name}/{case_id}")
+        tri_planar_viewer("viewer", case.image, case.label, case.label_names, case_key=f"{cohort.name}/{case_id}",
+                          crosshair_ijk=st.session_state.get(viewer_crosshair_key(cohort.name, case_id)))

@@ -115,6 +115,23 @@ def test_heat_overlay_draws_only_values_above_threshold():
     np.testing.assert_array_equal(out[0, 2], [0, 0, 0])
 
 
+def test_rgb_overlay_changes_the_pixels_where_it_is_defined_and_nowhere_else():
+    image = asymmetric_array(SHAPE).astype(np.float32) / 1000
+    colours = np.full((*SHAPE, 3), np.nan, np.float32)
+    colours[7, 3, :] = (1.0, 0.0, 0.0)  # a red line along k: one pixel of each axial slice
+    colours[2, 8, 5] = (0.0, 0.0, 1.0)
+    overlay = viz.RGBOverlay(Volume(colours, np.eye(4)), "test", opacity=1.0)
+    for plane, index in (("axial", 5), ("coronal", 3), ("sagittal", 7)):
+        plain = viz.compose_slice(image, plane, index, viz.Window(1000, 0))
+        drawn = viz.compose_slice(image, plane, index, viz.Window(1000, 0), overlays=((colours, overlay),))
+        defined = np.isfinite(viz.extract_slice(colours, plane, index)).all(axis=-1)
+        np.testing.assert_array_equal(drawn[~defined], plain[~defined])
+        np.testing.assert_array_equal(drawn[defined], np.round(viz.extract_slice(colours, plane, index)[defined] * 255))
+    row, col = viz.ijk_to_pixel((2, 8, 5), SHAPE, "axial")
+    assert tuple(viz.compose_slice(image, "axial", 5, viz.Window(1000, 0), overlays=((colours, overlay),))[row, col]) \
+        == (0, 0, 255)
+
+
 def test_compose_slice_and_readout_and_markers():
     image = Volume(asymmetric_array(SHAPE).astype(np.float32) / 1000, np.diag([2.0, 2.0, 3.0, 1.0]))
     label = image.with_array(np.zeros(SHAPE, np.uint8))

@@ -284,6 +284,7 @@ class NnFormer(nn.Module):
         self.final = nn.ConvTranspose3d(feature_size, in_channels, patch_size, stride=patch_size)
         self.enc_dim, self.dec_dim = dims[3], dims[2]
         self.token_grid: dict[str, Grid] = {"enc_tokens": grids[3], "dec_tokens": grids[2]}
+        self.feature_stride = patch_size
         self.apply(_init_weights)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -295,7 +296,8 @@ class NnFormer(nn.Module):
 
         Returns:
             ``cls`` (B, C_enc), ``enc_tokens`` (B, N_enc, C_enc), ``dec_tokens`` (B, N_dec, C_dec),
-            ``recon`` (B, C_in, X, Y, Z); tokens in (X, Y, Z) C order.
+            ``recon`` (B, C_in, X, Y, Z), ``features`` (B, feature_size, X/p, Y/p, Z/p); tokens in (X, Y, Z) C
+            order.
         """
         check_input(x, mask, self.roi, self.in_channels)
         h = (self.embed(zero_masked_voxels(x, mask)) + self.pos_embed).movedim(1, -1)  # (B, X/p, Y/p, Z/p, C)
@@ -314,8 +316,9 @@ class NnFormer(nn.Module):
                 h = block(h)
             decoded.append(h)
         enc_tokens = grid_to_tokens(bottleneck)
+        features = h.movedim(-1, 1)
         return {"cls": enc_tokens.mean(dim=1), "enc_tokens": enc_tokens, "dec_tokens": grid_to_tokens(decoded[0]),
-                "recon": self.final(h.movedim(-1, 1))}
+                "recon": self.final(features), "features": features}
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -86,6 +86,7 @@ class SwinUNETRBackbone(nn.Module):
         grid = tuple(r // (8 * patch_size) for r in roi)
         self.enc_dim, self.dec_dim = dims[3], dims[2]
         self.token_grid: dict[str, tuple[int, int, int]] = {"enc_tokens": grid, "dec_tokens": tuple(2 * g for g in grid)}
+        self.feature_stride = 1
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Encode and reconstruct a crop.
@@ -96,7 +97,7 @@ class SwinUNETRBackbone(nn.Module):
 
         Returns:
             ``cls`` (B, C_enc), ``enc_tokens`` (B, N_enc, C_enc), ``dec_tokens`` (B, N_dec, C_dec),
-            ``recon`` (B, C_in, X, Y, Z); tokens in (X, Y, Z) C order.
+            ``recon`` (B, C_in, X, Y, Z), ``features`` (B, feature_size, X, Y, Z); tokens in (X, Y, Z) C order.
         """
         check_input(x, mask, self.roi, self.in_channels)
         x = zero_masked_voxels(x, mask)
@@ -112,4 +113,4 @@ class SwinUNETRBackbone(nn.Module):
             decoded.append(h)
         enc_tokens = grid_to_tokens(bottleneck.movedim(1, -1))
         return {"cls": enc_tokens.mean(dim=1), "enc_tokens": enc_tokens,
-                "dec_tokens": grid_to_tokens(decoded[0].movedim(1, -1)), "recon": self.out(h)}
+                "dec_tokens": grid_to_tokens(decoded[0].movedim(1, -1)), "recon": self.out(h), "features": h}

@@ -7,7 +7,9 @@ full grid) and reads three token sets off the backbone. Every backbone here retu
 - ``cls``: (B, C_enc), the mean of the bottleneck tokens;
 - ``enc_tokens``: (B, N_enc, C_enc), the bottleneck tokens;
 - ``dec_tokens``: (B, N_dec, C_dec), the tokens of the first decoder stage;
-- ``recon``: (B, C_in, X, Y, Z), the voxel reconstruction of the (unmasked) input.
+- ``recon``: (B, C_in, X, Y, Z), the voxel reconstruction of the (unmasked) input;
+- ``features``: (B, feature_size, X / s, Y / s, Z / s), the last decoder map that ``recon`` is made from, with
+  ``s = backbone.feature_stride``: a segmentation head replaces the reconstruction layer on it.
 
 Token order: a token grid (X', Y', Z') is flattened in C order, token ``n = (x' * Y' + y') * Z' + z'``, the
 order ``tensor.flatten`` gives for a (B, X', Y', Z', C) or (B, C, X', Y', Z') map. ``tokens_to_grid`` undoes it,
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-OUTPUT_KEYS = ("cls", "enc_tokens", "dec_tokens", "recon")
+OUTPUT_KEYS = ("cls", "enc_tokens", "dec_tokens", "recon", "features")
 
 
 def check_input(x: torch.Tensor, mask: torch.Tensor | None, roi: tuple[int, int, int], in_channels: int) -> None:

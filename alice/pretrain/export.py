@@ -56,20 +56,59 @@ def export_backbone(source: str | Path, out_dir: str | Path) -> Path:
     checkpoint = runs.checkpoint_path(source) if source.is_dir() else source
     payload = load_checkpoint(checkpoint)
     config = PretrainConfig.from_dict(payload["config"])
-    state = {k[len(BACKBONE_PREFIX):]: v for k, v in payload["model"].items() if k.startswith(BACKBONE_PREFIX)}
+    state = student_backbone_state(payload)
     backbone = build_backbone(config.model)
     try:
         backbone.load_state_dict(state)
     except RuntimeError as exc:
         raise InputError(checkpoint, f"backbone weights do not fit its config: {exc}") from exc
-    out_dir = Path(out_dir)
     metadata = bundle_metadata(config, backbone, int(payload["step"]))
+    return write_bundle(out_dir, state, config.model, metadata, model_card(config, metadata, checkpoint))
+
+
+def write_bundle(out_dir: str | Path, state: dict[str, torch.Tensor], model: ModelConfig, metadata: dict, card: str,
+                 configs: dict[str, dict] | None = None) -> Path:
+    """Write a bundle atomically, file by file: ``models/model.pt``, ``configs/model.json`` (the ``ModelConfig``),
+    ``configs/metadata.json`` (checked first), ``docs/README.md`` and any further ``configs/<name>.json``."""
     check_bundle_metadata(metadata)
+    out_dir = Path(out_dir)
     atomic_write(out_dir / "models" / "model.pt", lambda tmp: torch.save(state, tmp))
-    atomic_write_text(out_dir / "configs" / "model.json", json.dumps(config.model.to_dict(), indent=2))
-    atomic_write_text(out_dir / "configs" / "metadata.json", json.dumps(metadata, indent=2))
-    atomic_write_text(out_dir / "docs" / "README.md", model_card(config, metadata, checkpoint))
+    for name, data in {"model": model.to_dict(), **(configs or {}), "metadata": metadata}.items():
+        atomic_write_text(out_dir / "configs" / f"{name}.json", json.dumps(data, indent=2))
+    atomic_write_text(out_dir / "docs" / "README.md", card)
     return out_dir
+
+
+def student_backbone_state(payload: dict) -> dict[str, torch.Tensor]:
+    """The student backbone's weights in a pretraining checkpoint (as ``load_checkpoint`` returns it)."""
+    return {k[len(BACKBONE_PREFIX):]: v for k, v in payload["model"].items() if k.startswith(BACKBONE_PREFIX)}
+
+
+def read_backbone(source: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], Path]:
+    """The architecture and weights of a pretrained backbone, without building it.
+
+    Args:
+        source: a bundle folder of ``export_backbone``, a pretraining run folder (its ``checkpoints/last.pt``) or
+            a pretraining checkpoint file.
+
+    Returns:
+        The backbone's config, its state dict and the file the weights came from.
+
+    Raises:
+        InputError: a missing file, or a checkpoint that is not an Alice pretraining checkpoint.
+    """
+    source = Path(source)
+    if (source / "configs" / "model.json").exists():
+        config_path, weights_path = source / "configs" / "model.json", source / "models" / "model.pt"
+        if not weights_path.is_file():
+            raise InputError(weights_path, "missing from the bundle")
+        config = ModelConfig.from_dict(json.loads(config_path.read_text()))
+        return config, torch.load(weights_path, map_location="cpu", weights_only=True), weights_path
+    if source.is_dir() and not runs.checkpoint_path(source).exists():
+        raise InputError(source, "is neither a bundle (configs/model.json) nor a run folder (checkpoints/last.pt)")
+    checkpoint = runs.checkpoint_path(source) if source.is_dir() else source
+    payload = load_checkpoint(checkpoint)
+    return PretrainConfig.from_dict(payload["config"]).model, student_backbone_state(payload), checkpoint
 
 
 def load_exported_backbone(bundle_dir: str | Path) -> nn.Module:
@@ -79,45 +118,51 @@ def load_exported_backbone(bundle_dir: str | Path) -> nn.Module:
         InputError: a missing file, or weights that do not fit the stored config.
     """
     bundle_dir = Path(bundle_dir)
-    config_path, weights_path = bundle_dir / "configs" / "model.json", bundle_dir / "models" / "model.pt"
-    for path in (config_path, weights_path):
-        if not path.is_file():
-            raise InputError(path, "missing from the bundle")
-    backbone = build_backbone(ModelConfig.from_dict(json.loads(config_path.read_text())))
+    if not (bundle_dir / "configs" / "model.json").is_file():
+        raise InputError(bundle_dir / "configs" / "model.json", "missing from the bundle")
+    config, state, weights_path = read_backbone(bundle_dir)
+    backbone = build_backbone(config)
     try:
-        backbone.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+        backbone.load_state_dict(state)
     except RuntimeError as exc:
         raise InputError(weights_path, f"weights do not fit configs/model.json: {exc}") from exc
     return backbone.eval()
 
 
-def bundle_metadata(config: PretrainConfig, backbone: nn.Module, step: int) -> dict:
-    """``metadata.json`` of a backbone bundle: input crop in [0, 1], output the bottleneck tokens (latent)."""
+def base_metadata(changelog: str) -> dict:
+    """The metadata every bundle of this package shares: versions, authors, licence, intended use, references."""
     import monai
 
-    model, low_hu, high_hu = config.model, *config.views.hu_window
-    grid = list(backbone.token_grid["enc_tokens"])
     return {
         "schema": METADATA_SCHEMA,
         "version": __version__,
-        "changelog": {__version__: f"Alice pretraining, {step} steps"},
+        "changelog": {__version__: changelog},
         "monai_version": monai.__version__,
         "pytorch_version": torch.__version__.split("+")[0],
         "numpy_version": np.__version__,
         "optional_packages_version": {},
+        "authors": "Alice Explorer contributors",
+        "copyright": "Copyright (c) Alice Explorer contributors; MIT licence",
+        "intended_use": INTENDED_USE,
+        "references": REFERENCES,
+    }
+
+
+def bundle_metadata(config: PretrainConfig, backbone: nn.Module, step: int) -> dict:
+    """``metadata.json`` of a backbone bundle: input crop in [0, 1], output the bottleneck tokens (latent)."""
+    model, low_hu, high_hu = config.model, *config.views.hu_window
+    grid = list(backbone.token_grid["enc_tokens"])
+    return {
+        **base_metadata(f"Alice pretraining, {step} steps"),
         "name": "Alice pretrained nnFormer backbone",
         "task": "Self-supervised pretrained 3D CT backbone (Alice) for fine-tuning, e.g. organ segmentation",
         "description": (f"{model.backbone} encoder-decoder (feature size {model.feature_size}, crop {model.roi}^3 "
                         f"voxels) pretrained with Alice for {step} steps: cross-patient SAM-matched views "
                         f"(mode {config.views.mode}), masked image modelling and CAFA token alignment. No projection "
                         "head or CAFA block is included."),
-        "authors": "Alice Explorer contributors",
-        "copyright": "Copyright (c) Alice Explorer contributors; MIT licence",
-        "intended_use": INTENDED_USE,
         "data_source": f"cases of split {config.data.split!r} of the cohort {config.data.manifest}",
         "data_type": "nifti",
         "image_classes": f"single channel CT, HU clipped to [{low_hu:g}, {high_hu:g}] and scaled to [0, 1]",
-        "references": REFERENCES,
         "network_data_format": {
             "inputs": {"image": {
                 "type": "image", "format": "hounsfield", "modality": "CT", "num_channels": model.in_channels,

@@ -45,8 +45,8 @@ def model_sources() -> dict[str, Path | None]:
         if checkpoint.is_file():
             state = (run["status"] or {}).get("state", "unknown")
             sources[f"run {run['name']} ({state}, step {(run['status'] or {}).get('step', '?')})"] = checkpoint
-    if paths.DEFAULT_ALICE_CHECKPOINT.is_file():
-        sources[f"default checkpoint {paths.DEFAULT_ALICE_CHECKPOINT.name}"] = paths.DEFAULT_ALICE_CHECKPOINT
+    if paths.alice_checkpoint().is_file():
+        sources[f"default checkpoint {paths.alice_checkpoint().name}"] = paths.alice_checkpoint()
     sources[UNTRAINED] = None
     return sources
 

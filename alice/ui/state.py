@@ -197,3 +197,8 @@ def _selected_point(selection) -> tuple[float, float] | None:
     if not points:
         return None
     return float(points[-1]["x"]), float(points[-1]["y"])
+
+
+def viewer_crosshair_key(cohort_name: str, case_id: str) -> str:
+    """Where another page asks the Cohort viewer page to put its crosshair on a case."""
+    return f"viewer_page.crosshair.{cohort_name}/{case_id}"

@@ -2,7 +2,8 @@
 
 Reused by every page that shows a volume. Click a voxel in any view (or move a slice slider) to move the
 crosshair; pick a named HU window or type W/L (remembered per case); overlay the label map with a legend of the
-structures in the current slices; extra heat-map overlays and markers (world mm) come from the calling page.
+structures in the current slices; extra overlays (heat maps, colour pictures) and markers (world mm) come from the
+calling page.
 State keys are described in :mod:`alice.ui.state`.
 
 Clicks use ``on_select="rerun"`` and :func:`alice.ui.state.sync_clicks` at the top of the next run, before any
@@ -28,7 +29,7 @@ DEFAULT_LABEL_OPACITY = 0.4
 
 def tri_planar_viewer(key: str, image: Volume, label: Volume | None = None,
                       label_names: dict[int, str] | None = None, *, case_key: str | None = None,
-                      crosshair_ijk=None, overlays: tuple[viz.HeatOverlay, ...] = (),
+                      crosshair_ijk=None, overlays: tuple[viz.HeatOverlay | viz.RGBOverlay, ...] = (),
                       markers: tuple[viz.Marker, ...] = (), height_px: int = 380,
                       labels_shown: bool = True) -> viz.VoxelReadout:
     """Draw the viewer and return what the crosshair points at.
@@ -41,8 +42,9 @@ def tri_planar_viewer(key: str, image: Volume, label: Volume | None = None,
         case_key: identifies the case, so the crosshair and window are remembered per case (default: the
             image's file, else a hash of its voxels).
         crosshair_ijk: move the crosshair here (applied when it changes, so the user can click afterwards).
-        overlays: heat maps on the image's grid, drawn over the labels. Keep their volumes cached between reruns
-            (e.g. ``st.cache_resource``): each new ``Volume`` object is hashed once to key the slice cache.
+        overlays: heat maps or colour pictures on the image's grid, drawn over the labels in order. Keep their
+            volumes cached between reruns (e.g. ``st.cache_resource``): each new ``Volume`` object is hashed once
+            to key the slice cache.
         markers: points in world mm; drawn filled on their own slice and hollow on the others.
         height_px: height of each view.
         labels_shown: whether the label toggle starts on (e.g. off where a heat map should stand out).
@@ -51,7 +53,7 @@ def tri_planar_viewer(key: str, image: Volume, label: Volume | None = None,
         ValueError: a label map or overlay does not share the image's grid.
     """
     for other in (label, *(o.volume for o in overlays)):
-        if other is not None and other.shape != image.shape:
+        if other is not None and other.shape[:3] != image.shape:
             raise ValueError(f"label map or overlay shape {other.shape} differs from the image's {image.shape}")
     label_names = label_names or {}
     keys = state.ViewerKeys(key)
@@ -88,7 +90,8 @@ def tri_planar_viewer(key: str, image: Volume, label: Volume | None = None,
             label, token[1], plane, view.ijk[viz.PLANE_SPECS[plane].fixed_axis])})
         st.html(legend_html(visible, label_names, readout.label))
     for overlay in overlays:
-        st.html(heat_legend_html(overlay))
+        st.html(heat_legend_html(overlay) if isinstance(overlay, viz.HeatOverlay) else
+                f"<div style='font-size:0.85rem'><b>{html.escape(overlay.name)}</b></div>")
     return readout
 
 

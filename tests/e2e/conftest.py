@@ -68,7 +68,9 @@ def app_server(tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
     workspace = tmp_path_factory.mktemp("e2e-workspace")
     log_path = workspace / "streamlit.log"
-    env = {**os.environ, "ALICE_WORKSPACE": str(workspace), "ALICE_SAM_CHECKPOINT": str(tiny_sam(workspace))}
+    # No Alice checkpoint: the explorer pages fall back to SAM instead of embedding the cohort with Alice (minutes).
+    env = {**os.environ, "ALICE_WORKSPACE": str(workspace), "ALICE_SAM_CHECKPOINT": str(tiny_sam(workspace)),
+           "ALICE_PRETRAINED_CHECKPOINT": str(workspace / "no-alice-checkpoint.pt")}
     env.pop("PYTHONPATH", None)
     command = [*streamlit_command(), "run", "app/main.py", "--server.headless", "true",
                "--server.address", "127.0.0.1", "--server.port", str(port)]

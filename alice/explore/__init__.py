@@ -1,0 +1,1 @@
+"""Exploring learned representations: the FAISS index of dense embeddings, retrieval across a cohort."""

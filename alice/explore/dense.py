@@ -1,0 +1,369 @@
+"""Dense embeddings of whole cases: one unit vector every few mm inside the body, for any embedding source.
+
+Sources (``EmbeddingSettings.source``):
+
+- ``alice``: an Alice pretraining checkpoint (the shipped one by default); the teacher's or the student's backbone,
+  its encoder (bottleneck) or decoder (first decoder stage) tokens. The case is resampled to ``spacing_mm``,
+  windowed like the training crops, and run through the backbone window by window with MONAI's sliding-window
+  inference, which stitches the token maps of overlapping windows into one map at the tokens' stride.
+- ``sam``: the SAM checkpoint's cached local and upsampled global maps (``local``, ``global``, or ``both``:
+  the two unit vectors concatenated and scaled by 1/sqrt(2), so a dot product is SAM's matching score).
+- ``untrained``: the Alice backbone with seeded random weights, the control.
+
+Vectors sit on a lattice of image voxels every ``grid_mm`` (rounded to whole voxels) inside the body; each keeps
+its voxel, world mm, HU and the label under it. Entries are cached per (case content, checkpoint content,
+settings) at ``<workspace>/embeddings/dense/<settings key>/<case>-<image hash>.npz``, written atomically and
+checked when read; a stale or damaged entry is recomputed. Under ``torchrun`` each rank embeds its share of the
+cases (``RANK`` / ``WORLD_SIZE``); no communication is needed, the cache is the meeting point.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from alice import paths
+from alice.anatomy.cache import body_mask, cached_embedding, content_hash
+from alice.anatomy.grid import sample_at_mm
+from alice.atomic import atomic_write
+from alice.data.cohort import CaseRecord, LoadedCase, load_case
+from alice.data.io import Volume, resample_volume
+from alice.errors import InputError
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("alice", "sam", "untrained")
+NETWORKS = ("teacher", "student")
+TOKENS = ("decoder", "encoder")
+SAM_PARTS = ("both", "local", "global")
+CACHE_FORMAT = 1
+NORM_TOLERANCE = 1e-2  # float16 storage keeps unit vectors within ~1e-3 of norm 1
+
+
+@dataclass(frozen=True)
+class EmbeddingSettings:
+    """Which embedding, and how densely.
+
+    Attributes:
+        source: ``alice``, ``sam`` or ``untrained``.
+        checkpoint: the checkpoint; empty means the shipped one (``alice``, ``sam``) or none (``untrained``).
+        network: ``teacher`` or ``student`` backbone (``alice``, ``untrained``).
+        tokens: ``decoder`` or ``encoder`` tokens (``alice``, ``untrained``).
+        sam_part: ``both``, ``local`` or ``global`` (``sam``).
+        grid_mm: lattice spacing of the stored vectors.
+        overlap: sliding-window overlap (``alice``, ``untrained``).
+        spacing_mm: voxel size the backbone sees (``alice``, ``untrained``); the sample cohort's is 2 mm.
+        preset: pretraining preset of the untrained network.
+        seed: seed of the untrained network's weights.
+    """
+
+    source: str = "alice"
+    checkpoint: str = ""
+    network: str = "teacher"
+    tokens: str = "decoder"
+    sam_part: str = "both"
+    grid_mm: float = 6.0
+    overlap: float = 0.25
+    spacing_mm: float = 2.0
+    preset: str = "cpu-tiny"
+    seed: int = 0
+
+    def resolved(self) -> EmbeddingSettings:
+        """The settings with the default checkpoint filled in, checked.
+
+        Raises:
+            InputError: an unknown choice or a missing checkpoint, named.
+        """
+        for name, allowed in (("source", SOURCES), ("network", NETWORKS), ("tokens", TOKENS),
+                              ("sam_part", SAM_PARTS)):
+            if getattr(self, name) not in allowed:
+                raise InputError(None, f"embedding {name} {getattr(self, name)!r} is not one of {list(allowed)}")
+        if self.grid_mm <= 0 or not 0 <= self.overlap < 1 or self.spacing_mm <= 0:
+            raise InputError(None, f"grid_mm ({self.grid_mm}) and spacing_mm ({self.spacing_mm}) must be positive "
+                                   f"and overlap ({self.overlap}) in [0, 1)")
+        checkpoint = self.checkpoint
+        if self.source == "untrained":
+            checkpoint = ""
+        elif not checkpoint:
+            checkpoint = str(paths.alice_checkpoint() if self.source == "alice" else paths.sam_checkpoint())
+        if checkpoint and not Path(checkpoint).is_file():
+            raise InputError(checkpoint, f"no such {self.source} checkpoint file")
+        return dataclasses.replace(self, checkpoint=str(Path(checkpoint).resolve()) if checkpoint else "")
+
+    def relevant(self) -> dict:
+        """The settings that change the vectors of this source (the others are left out of the key)."""
+        common = {"source": self.source, "grid_mm": self.grid_mm}
+        if self.source == "sam":
+            return {**common, "sam_part": self.sam_part}
+        network = {"network": self.network, "tokens": self.tokens, "overlap": self.overlap,
+                   "spacing_mm": self.spacing_mm}
+        if self.source == "untrained":
+            return {**common, **network, "preset": self.preset, "seed": self.seed}
+        return {**common, **network}
+
+    def key(self) -> str:
+        """Identifies the vectors these (resolved) settings produce: the checkpoint's content and the settings."""
+        checkpoint = content_hash(self.checkpoint) if self.checkpoint else "none"
+        text = json.dumps({**self.relevant(), "checkpoint": checkpoint, "format": CACHE_FORMAT}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def label(self) -> str:
+        """A short human name, e.g. ``alice teacher decoder`` or ``sam both``."""
+        if self.source == "sam":
+            return f"sam {self.sam_part}"
+        return f"{self.source} {self.network} {self.tokens}"
+
+
+@dataclass(frozen=True, eq=False)
+class DenseEmbedding:
+    """The vectors of one case under one source.
+
+    Attributes:
+        case_id: the case.
+        vectors: (N, D) float32 unit vectors (float16 on disk).
+        ijk: (N, 3) int32 voxel indices in the case's image (canonical RAS+ as loaded).
+        xyz_mm: (N, 3) float32 world mm.
+        label: (N,) int32 label value under each vector (0 without a label map).
+        hu: (N,) float32 HU under each vector.
+        lattice_origin: (3,) the voxel of lattice point (0, 0, 0).
+        lattice_step: (3,) voxels between lattice points: lattice point p is voxel ``origin + step * p``.
+        lattice_index: (lattice shape) int32, the row of each lattice point, -1 outside the body.
+        affine: the case image's voxel -> world mm.
+    """
+
+    case_id: str
+    vectors: np.ndarray
+    ijk: np.ndarray
+    xyz_mm: np.ndarray
+    label: np.ndarray
+    hu: np.ndarray
+    lattice_origin: np.ndarray
+    lattice_step: np.ndarray
+    lattice_index: np.ndarray
+    affine: np.ndarray
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.vectors.shape[0])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Embedding one case
+
+
+def lattice(image: Volume, grid_mm: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Lattice points inside the body: their voxels (N, 3), the lattice origin and step (3,) in voxels, and the
+    lattice -> row index."""
+    step = np.maximum(np.rint(grid_mm / image.spacing_mm), 1).astype(np.int64)
+    offset = (np.asarray(image.shape) - 1) % step // 2  # centre the lattice in the volume
+    axes = [np.arange(o, n, s) for o, n, s in zip(offset, image.shape, step)]
+    inside = body_mask(image.array)[np.ix_(*axes)]
+    index = np.full(inside.shape, -1, dtype=np.int32)
+    index[inside] = np.arange(int(inside.sum()), dtype=np.int32)
+    points = np.argwhere(inside)
+    ijk = np.stack([axes[a][points[:, a]] for a in range(3)], axis=1)
+    return ijk, offset, step, index
+
+
+def embed_case(case: LoadedCase, settings: EmbeddingSettings, network=None) -> DenseEmbedding:
+    """The dense embedding of a loaded case (not cached; see ``cached_dense_embedding``).
+
+    Args:
+        case: the case.
+        settings: resolved settings.
+        network: for ``alice`` / ``untrained``, the (model, config) of ``load_network`` (else loaded here).
+    """
+    image = case.image
+    ijk, origin, step, index = lattice(image, settings.grid_mm)
+    xyz_mm = image.ijk_to_xyz(ijk)
+    if settings.source == "sam":
+        vectors = _sam_vectors(case.record, settings, xyz_mm)
+    else:
+        vectors = _backbone_vectors(image, settings, xyz_mm, network or load_network(settings))
+    label = case.label.array[tuple(ijk.T)].astype(np.int32) if case.label is not None else np.zeros(len(ijk), np.int32)
+    return DenseEmbedding(case.record.case_id, vectors.astype(np.float16).astype(np.float32), ijk.astype(np.int32),
+                          xyz_mm.astype(np.float32), label, image.array[tuple(ijk.T)].astype(np.float32),
+                          origin.astype(np.int32), step.astype(np.int32), index, image.affine.astype(np.float64))
+
+
+def _sam_vectors(record: CaseRecord, settings: EmbeddingSettings, xyz_mm: np.ndarray) -> np.ndarray:
+    sam = cached_embedding(settings.checkpoint, record)
+    parts = []
+    if settings.sam_part in ("local", "both"):
+        parts.append(sample_at_mm(sam.local_tensor, sam.local_affine, xyz_mm))
+    if settings.sam_part in ("global", "both"):
+        parts.append(sample_at_mm(sam.global_tensor, sam.global_affine, xyz_mm))
+    vectors = torch.cat([F.normalize(p, dim=1) for p in parts], dim=1) / len(parts) ** 0.5
+    return vectors.numpy()
+
+
+def load_network(settings: EmbeddingSettings):
+    """The ``AliceSSL`` model of ``alice`` / ``untrained`` settings, in eval mode, and its pretraining config."""
+    from alice.pretrain.inspect import load_model
+
+    model, config, _ = load_model(settings.checkpoint or None, settings.preset, settings.seed)
+    return model, config
+
+
+@torch.no_grad()
+def _backbone_vectors(image: Volume, settings: EmbeddingSettings, xyz_mm: np.ndarray, network) -> np.ndarray:
+    from monai.inferers import sliding_window_inference
+
+    from alice.models.tokens import tokens_to_grid
+    from alice.pretrain.views import window_hu
+
+    model, config = network
+    backbone = (model.teacher if settings.network == "teacher" else model.student).backbone
+    key = "dec_tokens" if settings.tokens == "decoder" else "enc_tokens"
+    grid = tuple(backbone.token_grid[key])
+    if not np.allclose(image.spacing_mm, settings.spacing_mm):
+        image = resample_volume(image, settings.spacing_mm)
+
+    def token_map(crops: torch.Tensor) -> torch.Tensor:
+        return tokens_to_grid(backbone(crops, None)[key], grid)
+
+    volume = torch.from_numpy(window_hu(image.array, config.views.hu_window))[None, None]
+    # MONAI stitches the overlapping windows' token maps into one map at the tokens' stride.
+    feature_map = sliding_window_inference(volume, (config.model.roi,) * 3, sw_batch_size=4, predictor=token_map,
+                                           overlap=settings.overlap, mode="gaussian", padding_mode="constant",
+                                           cval=0.0)[0]
+    stride = np.asarray(image.shape) / np.asarray(feature_map.shape[1:])
+    # Token cell c covers voxels [c * s, (c + 1) * s), so its centre is voxel c * s + (s - 1) / 2.
+    affine = image.affine.copy()
+    affine[:3, :3] = image.affine[:3, :3] * stride
+    affine[:3, 3] = image.ijk_to_xyz((stride - 1) / 2)
+    vectors = sample_at_mm(feature_map.float(), affine, xyz_mm)
+    return F.normalize(vectors, dim=1).numpy()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The on-disk cache
+
+
+def cache_entry_path(record: CaseRecord, settings: EmbeddingSettings) -> tuple[Path, str]:
+    """Where a case's dense embedding under resolved settings is kept, and the key stored in it."""
+    image_hash, settings_key = content_hash(record.image), settings.key()
+    label_hash = content_hash(record.label) if record.label is not None else "none"
+    key = f"dense-v{CACHE_FORMAT}:{settings_key}:{image_hash}:{label_hash}"
+    folder = paths.workspace_dir() / "embeddings" / "dense" / settings_key[:16]
+    return folder / f"{record.case_id}-{image_hash[:16]}.npz", key
+
+
+def cached_dense_embedding(record: CaseRecord, settings: EmbeddingSettings, network=None) -> DenseEmbedding:
+    """A case's dense embedding: read from the cache, or computed and stored.
+
+    Args:
+        record: the case.
+        settings: resolved settings (``EmbeddingSettings.resolved``).
+        network: a loaded (model, config) to reuse across cases (``alice`` / ``untrained``).
+
+    Raises:
+        InputError: an unreadable image, label map or checkpoint.
+    """
+    path, key = cache_entry_path(record, settings)
+    if path.exists():
+        embedding = read_entry(path, key)
+        if embedding is not None:
+            return embedding
+    embedding = embed_case(load_case(record), settings, network)
+    write_entry(path, key, embedding)
+    log.info("embedded %s (%s, %d vectors) -> %s", record.case_id, settings.label(), len(embedding), path)
+    return embedding
+
+
+def write_entry(path: Path, key: str, embedding: DenseEmbedding) -> Path:
+    """Store an embedding with its key, atomically."""
+    arrays = {f.name: getattr(embedding, f.name) for f in dataclasses.fields(DenseEmbedding)}
+    arrays["vectors"] = embedding.vectors.astype(np.float16)  # half the disk; rounding stays below 1e-3
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as f:
+            np.savez(f, key=np.array(key), **arrays)
+
+    return atomic_write(path, write)
+
+
+def read_entry(path: Path, key: str) -> DenseEmbedding | None:
+    """The embedding at ``path`` if it holds ``key`` and is whole; otherwise None (and why, logged)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if str(data["key"]) != key:
+                log.info("dense embedding %s is stale (its key differs); recomputing", path)
+                return None
+            fields = {f.name: data[f.name] for f in dataclasses.fields(DenseEmbedding)}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        log.warning("dense embedding %s is unreadable (%s); recomputing", path, exc)
+        return None
+    embedding = DenseEmbedding(**{**fields, "case_id": str(fields["case_id"]),
+                                  "vectors": fields["vectors"].astype(np.float32)})
+    n = len(embedding)
+    shapes_ok = (embedding.ijk.shape == (n, 3) and embedding.xyz_mm.shape == (n, 3) and embedding.label.shape == (n,)
+                 and embedding.hu.shape == (n,) and int((embedding.lattice_index >= 0).sum()) == n)
+    norms = np.linalg.norm(embedding.vectors, axis=1)
+    if not shapes_ok or not np.all(np.abs(norms - 1) < NORM_TOLERANCE):
+        log.warning("dense embedding %s is damaged (shapes or norms); recomputing", path)
+        return None
+    return embedding
+
+
+def shard(records: list[CaseRecord], rank: int | None = None, world_size: int | None = None) -> list[CaseRecord]:
+    """This process's share of the cases: every ``world_size``-th from ``rank`` (torchrun's variables by default)."""
+    rank = int(os.environ.get("RANK", "0")) if rank is None else rank
+    world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
+    return records[rank::world_size]
+
+
+def embed_cohort(records: list[CaseRecord], settings: EmbeddingSettings, progress=None) -> list[DenseEmbedding]:
+    """Dense embeddings of ``records`` (cached), loading the network once.
+
+    Args:
+        records: the cases (pass ``shard(records)`` to split them across torchrun ranks).
+        settings: the settings; resolved here.
+        progress: called with (done, total, case id) after each case.
+    """
+    settings = settings.resolved()
+    network = None
+    out = []
+    for done, record in enumerate(records, start=1):
+        path, key = cache_entry_path(record, settings)
+        embedding = read_entry(path, key) if path.exists() else None
+        if embedding is None:
+            if network is None and settings.source != "sam":
+                network = load_network(settings)
+            embedding = cached_dense_embedding(record, settings, network)
+        out.append(embedding)
+        if progress is not None:
+            progress(done, len(records), record.case_id)
+    return out
+
+
+def content_key(embedding_record: CaseRecord, settings: EmbeddingSettings) -> str:
+    """The cache key of a case under resolved settings: what an index built from it records."""
+    return cache_entry_path(embedding_record, settings)[1]
+
+
+def index_folder(settings: EmbeddingSettings) -> Path:
+    """Where the FAISS index of (resolved) settings lives: one per source, over whichever cases it was built on."""
+    return paths.workspace_dir() / "indexes" / settings.key()[:16]
+
+
+def cohort_index(records: list[CaseRecord], embeddings: list[DenseEmbedding], settings: EmbeddingSettings,
+                 **build_options):
+    """The FAISS index of these cases' embeddings, loaded when current, else (re)built and saved."""
+    from alice.explore.index import IndexPart, load_or_build
+
+    parts = [IndexPart(e.case_id, content_key(r, settings), e.vectors) for r, e in zip(records, embeddings)]
+    return load_or_build(index_folder(settings), parts, settings.key(), **build_options)

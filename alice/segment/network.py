@@ -1,0 +1,153 @@
+"""The segmentation network: an Alice backbone whose reconstruction layer is replaced by a C-class output.
+
+As in the official hand-off (``extract_backbone_weights.py`` keeps encoder and decoder; Jiang et al., ICCV 2023),
+fine-tuning starts from the pretrained encoder and decoder and learns a new output layer: a transposed conv of the
+same stride as the reconstruction layer, on the backbone's last decoder map (``features``). The backbone is kept
+whole (its unused reconstruction layer included) so pretrained weights load strictly, key for key.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from alice.errors import InputError
+from alice.models.build import ModelConfig, build_backbone
+from alice.pretrain.export import read_backbone
+
+SCRATCH = "scratch"
+CHECKPOINT_KIND = "segmentation"
+FORMAT_VERSION = 1
+# The ModelConfig fields that decide the backbone's weights; the others (drop path, head, CAFA) may differ.
+ARCHITECTURE_FIELDS = ("backbone", "roi", "in_channels", "feature_size", "depths", "num_heads", "window_sizes",
+                       "patch_size")
+
+
+class SegmentationNet(nn.Module):
+    """Backbone plus a class head: (B, C_in, R, R, R) crops in [0, 1] -> (B, C, R, R, R) class logits.
+
+    Args:
+        config: the backbone's sizes; ``roi`` is the crop the network sees.
+        class_names: output channels, background first.
+        hu_window: the HU window that maps CT to the input's [0, 1] (kept with the network for inference).
+    """
+
+    def __init__(self, config: ModelConfig, class_names: Sequence[str], hu_window: tuple[float, float]):
+        super().__init__()
+        self.config = config
+        self.class_names = tuple(class_names)
+        self.hu_window = tuple(float(v) for v in hu_window)
+        self.backbone = build_backbone(config)
+        stride = self.backbone.feature_stride
+        self.head = nn.ConvTranspose3d(config.feature_size, len(self.class_names), stride, stride=stride)
+
+    @property
+    def roi(self) -> tuple[int, int, int]:
+        return (self.config.roi,) * 3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, R, R, R) -> logits (B, C, R, R, R)."""
+        return self.head(self.backbone(x)["features"])
+
+
+def architecture_differences(pretrained: ModelConfig, config: ModelConfig) -> list[str]:
+    """``field: pretrained vs config`` for every weight-shaping field that differs."""
+    return [f"{name}: {getattr(pretrained, name)} (pretrained) vs {getattr(config, name)} (fine-tuning config)"
+            for name in ARCHITECTURE_FIELDS if getattr(pretrained, name) != getattr(config, name)]
+
+
+def pretrained_architecture(source: str | Path) -> ModelConfig:
+    """The backbone config of a pretrained source (bundle, run folder or checkpoint), to fine-tune it as it is."""
+    return read_backbone(source)[0]
+
+
+def build_segmentation_net(config: ModelConfig, class_names: Sequence[str], hu_window: tuple[float, float],
+                           init: str = SCRATCH, seed: int = 0) -> SegmentationNet:
+    """A segmentation network, seeded, its backbone random (``scratch``) or pretrained.
+
+    Args:
+        init: ``scratch``, or a pretrained source: a bundle folder of ``alice export-backbone``, an Alice
+            pretraining run folder or checkpoint file (the student's encoder and decoder). The head is always
+            random.
+
+    Raises:
+        InputError: an unreadable source, or one whose architecture differs from ``config`` (fields named).
+    """
+    torch.manual_seed(seed)
+    model = SegmentationNet(config, class_names, hu_window)
+    if init != SCRATCH:
+        pretrained, state, weights = read_backbone(init)
+        differences = architecture_differences(pretrained, config)
+        if differences:
+            raise InputError(weights, "pretrained backbone does not match the fine-tuning architecture: "
+                                      + "; ".join(differences) + " (set model.<field> to the pretrained values)")
+        try:
+            model.backbone.load_state_dict(state)
+        except RuntimeError as exc:
+            raise InputError(weights, f"backbone weights do not fit their config: {exc}") from exc
+    return model
+
+
+def checkpoint_payload(model: SegmentationNet, config: dict, step: int, **extra) -> dict:
+    """A segmentation checkpoint as plain data: kind, format version, config, classes, HU window, weights."""
+    from alice import __version__
+
+    return {"kind": CHECKPOINT_KIND, "format_version": FORMAT_VERSION, "alice_version": __version__,
+            "torch_version": str(torch.__version__), "config": config, "model_config": model.config.to_dict(),
+            "class_names": list(model.class_names), "hu_window": list(model.hu_window), "step": int(step),
+            "model": model.state_dict(), **extra}
+
+
+def load_segmentation_checkpoint(path: str | Path) -> dict:
+    """A segmentation checkpoint (``torch.load(weights_only=True)``).
+
+    Raises:
+        InputError: missing or unreadable, or a checkpoint of another kind or format version.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "no such checkpoint file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated or foreign files
+        raise InputError(path, f"cannot read as a checkpoint (truncated or not a torch file?): {exc}") from exc
+    kind = payload.get("kind") if isinstance(payload, dict) else type(payload).__name__
+    if kind != CHECKPOINT_KIND:
+        raise InputError(path, f"is a checkpoint of kind {kind!r}; expected kind {CHECKPOINT_KIND!r}")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise InputError(path, f"has format_version {payload.get('format_version')!r}; this code reads "
+                               f"{FORMAT_VERSION}")
+    return payload
+
+
+def load_segmentation_net(source: str | Path) -> SegmentationNet:
+    """A fine-tuned network in eval mode, from a run folder (``checkpoints/last.pt``), a checkpoint file or a
+    bundle folder of ``export_bundle``.
+
+    Raises:
+        InputError: missing files, or weights that do not fit the stored config.
+    """
+    from alice import runs
+
+    source = Path(source)
+    if (source / "configs" / "segmentation.json").is_file():
+        info = json.loads((source / "configs" / "segmentation.json").read_text())
+        config = ModelConfig.from_dict(json.loads((source / "configs" / "model.json").read_text()))
+        weights = source / "models" / "model.pt"
+        if not weights.is_file():
+            raise InputError(weights, "missing from the bundle")
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    else:
+        weights = runs.checkpoint_path(source) if source.is_dir() else source
+        payload = load_segmentation_checkpoint(weights)
+        info, config, state = payload, ModelConfig.from_dict(payload["model_config"]), payload["model"]
+    model = SegmentationNet(config, info["class_names"], info["hu_window"])
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise InputError(weights, f"weights do not fit the stored config: {exc}") from exc
+    return model.eval()

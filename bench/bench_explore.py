@@ -1,0 +1,116 @@
+"""Representation explorer benchmark (issue 5): retrieval quality per source, dense-embedding time, click latency.
+
+(a) ``alice eval retrieval`` on the sample cohort (held-out pseudo-subjects, exact truth): MRE, median, max and
+    within 5/10/20 mm for Alice, SAM and the untrained network, plus the cycle errors on the real patients;
+(b) dense-embedding seconds per case for each source, from an empty cache;
+(c) the Landmark retrieval page's server time per click with cached embeddings (AppTest script runs, SAM and
+    Alice, each alone), median over a sequence of clicks at different voxels.
+
+Run: ``python bench/bench_explore.py`` (writes its section of bench/RESULTS.md and prints JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import REPO, machine, now, write_section  # noqa: E402  (bench/ is not a package)
+
+HEADING = "## Representation explorer (issue 5)"
+SOURCES = ("alice", "sam", "untrained")
+EMBED_CASE = "lidc0001"
+
+
+def retrieval_quality() -> dict:
+    from alice import paths
+    from alice.explore.evaluate import run_retrieval_evaluation
+
+    return run_retrieval_evaluation(paths.SAMPLE_MANIFEST)
+
+
+def embedding_seconds() -> dict[str, float]:
+    """Seconds to embed one case from an empty dense cache (SAM's own whole-case cache already filled)."""
+    from alice.data.cohort import sample_cohort
+    from alice.explore.dense import EmbeddingSettings, embed_case, load_network
+    from alice.data.cohort import load_case
+
+    case = load_case(sample_cohort().get(EMBED_CASE))
+    out = {}
+    for name in SOURCES:
+        settings = EmbeddingSettings(source=name).resolved()
+        network = None if name == "sam" else load_network(settings)
+        started = time.perf_counter()
+        embed_case(case, settings, network)
+        out[name] = round(time.perf_counter() - started, 2)
+    return out
+
+
+def click_seconds(source: str, clicks: int) -> dict[str, float]:
+    """Median and max AppTest run seconds after a click on the query view, embeddings and index cached."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(REPO / "app" / "main.py"), default_timeout=1200)
+    at.run()
+    at.switch_page("../pages/retrieval.py")
+    at.session_state["retrieval.sources"] = [source]
+    at.run()  # embeds and indexes the cohort once (not timed)
+    times = []
+    for n in range(clicks + 1):
+        at.session_state["retrieval.query_view.chart.axial"] = {
+            "selection": {"points": [{"x": 120.0 + 6 * n, "y": 110.0 + 3 * n}]}}
+        started = time.perf_counter()
+        at.run()
+        if n:  # the first click warms the thumbnails of the page
+            times.append(time.perf_counter() - started)
+        if at.exception:
+            raise RuntimeError(at.exception)
+    return {"median_s": round(statistics.median(times), 3), "max_s": round(max(times), 3), "clicks": len(times)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clicks", type=int, default=10)
+    args = parser.parse_args()
+    os.environ.setdefault("ALICE_WORKSPACE", tempfile.mkdtemp(prefix="alice-bench-explore-"))
+    started = now()
+    quality = retrieval_quality()
+    embed = embedding_seconds()
+    clicks = {name: click_seconds(name, args.clicks) for name in ("sam", "alice")}
+    result = {"date": started, "machine": machine(), "quality": quality, "embed_seconds": embed, "click": clicks}
+    print(json.dumps(result))
+
+    rows = ["| source | MRE (mm) | median | max | within 5 / 10 / 20 mm | n |", "|---|---|---|---|---|---|"]
+    for name, m in quality["methods"].items():
+        rows.append(f"| {name} | {m['mre_mm']:.2f} | {m['median_mm']:.2f} | {m['max_mm']:.2f} | "
+                    f"{m['within_5mm']:.0%} / {m['within_10mm']:.0%} / {m['within_20mm']:.0%} | {m['n']} |")
+    cycles = []
+    for case, facts in quality["real_patients"].items():
+        cycle = ", ".join(f"{name} {m['mre_mm']:.1f} (median {m['median_mm']:.1f})"
+                          for name, m in facts["cycle_error"].items())
+        cycles.append(f"- {case}: landmark error {facts['landmark_error']}; mean cycle error in mm: {cycle}")
+    text = "\n".join([
+        HEADING, "",
+        f"Command: `python bench/bench_explore.py`; machine: {machine()}; date: {started}.", "",
+        f"(a) `alice eval retrieval` ({quality['source_case']} landmarks -> held-out "
+        f"{', '.join(quality['key_cases'])}; dense embeddings every 6 mm, sub-lattice refinement):", "",
+        *rows, "", "Real patients (no shared labelled structure with the source scan):", "", *cycles, "",
+        f"(b) Dense embedding of {EMBED_CASE} from an empty cache, seconds: "
+        + ", ".join(f"{k} {v}" for k, v in embed.items()) + " (SAM reads its whole-case cache; Alice and untrained "
+        "run the backbone window by window).", "",
+        "(c) Landmark retrieval page, server time per click with cached embeddings and index (AppTest run, "
+        "including the gallery thumbnails): "
+        + "; ".join(f"{k}: median {v['median_s']} s, max {v['max_s']} s over {v['clicks']} clicks"
+                    for k, v in clicks.items()) + " (goal <= 1.5 s p50).", ""])
+    write_section(HEADING, text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Dense embeddings: the lattice, what each vector records, the cache, the backbone path and rank sharding."""
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from alice.anatomy.cache import body_mask
+from alice.data.cohort import CaseRecord, LoadedCase, load_case
+from alice.errors import InputError
+from alice.explore.dense import (EmbeddingSettings, cache_entry_path, cached_dense_embedding, embed_case, lattice,
+                                 read_entry, shard)
+from tests.anatomy.conftest import synthetic_ct
+
+
+def test_each_vector_records_its_voxel_mm_hu_and_label(records, sam_embeddings):
+    embedding = sam_embeddings["lidc0001"]
+    case = load_case(records["lidc0001"])
+    assert embedding.vectors.shape == (len(embedding), 256)  # SAM local + global, 128 each
+    np.testing.assert_allclose(np.linalg.norm(embedding.vectors.astype(np.float32), axis=1), 1, atol=5e-3)
+    np.testing.assert_allclose(embedding.xyz_mm, case.image.ijk_to_xyz(embedding.ijk), atol=1e-3)
+    np.testing.assert_array_equal(embedding.label, case.label.array[tuple(embedding.ijk.T)])
+    np.testing.assert_array_equal(embedding.hu, case.image.array[tuple(embedding.ijk.T)])
+    assert (embedding.label > 0).mean() > 0.2  # the lattice covers labelled organs, not only air
+
+
+def test_lattice_steps_by_grid_mm_and_indexes_its_rows(records):
+    image = load_case(records["pseudo05"]).image  # 2 mm voxels
+    ijk, origin, step, index = lattice(image, grid_mm=6.0)
+    np.testing.assert_array_equal(step, [3, 3, 3])
+    rows = index[tuple(((ijk - origin) // step).T)]
+    np.testing.assert_array_equal(rows, np.arange(len(ijk)))
+    assert body_mask(image.array)[tuple(ijk.T)].all()  # inside the body (lungs included)
+    assert index[0, 0, 0] == -1  # no vector in the air around the body
+
+
+def test_cache_is_reused_and_a_damaged_or_stale_entry_recomputed(records, sam_settings, sam_embeddings):
+    record = records["pseudo05"]
+    path, key = cache_entry_path(record, sam_settings)
+    first = sam_embeddings["pseudo05"]
+    assert read_entry(path, key) is not None
+    assert read_entry(path, key + "-other") is None  # another checkpoint or image: stale
+    original = path.read_bytes()
+    try:
+        path.write_bytes(original[: len(original) // 2])  # a half-written file is never read back as valid
+        assert read_entry(path, key) is None
+        again = cached_dense_embedding(record, sam_settings)
+        np.testing.assert_array_equal(again.vectors, first.vectors)
+        assert read_entry(path, key) is not None
+    finally:
+        path.write_bytes(original)
+
+
+def test_settings_that_change_the_vectors_change_the_key(sam_settings):
+    assert dataclasses.replace(sam_settings, grid_mm=4.0).key() != sam_settings.key()
+    assert dataclasses.replace(sam_settings, sam_part="local").key() != sam_settings.key()
+    assert dataclasses.replace(sam_settings, tokens="encoder").key() == sam_settings.key()  # not a SAM setting
+
+
+def test_bad_settings_are_refused_by_name(tmp_path):
+    with pytest.raises(InputError, match="source 'clip'"):
+        EmbeddingSettings(source="clip").resolved()
+    with pytest.raises(InputError, match="no such alice checkpoint"):
+        EmbeddingSettings(source="alice", checkpoint=str(tmp_path / "missing.pt")).resolved()
+
+
+def test_untrained_backbone_embeds_a_volume_window_by_window():
+    image = synthetic_ct(shape=(40, 36, 30), spacing_mm=2.0)
+    case = LoadedCase(CaseRecord("synthetic", Path("synthetic.nii.gz")), image, None, {}, None)
+    settings = EmbeddingSettings(source="untrained", grid_mm=8.0).resolved()
+    embedding = embed_case(case, settings)
+    assert embedding.dim == 96  # cpu-tiny first decoder stage: 4 x feature size 24
+    np.testing.assert_allclose(np.linalg.norm(embedding.vectors.astype(np.float32), axis=1), 1, atol=5e-3)
+    assert np.all(embedding.label == 0)
+    # Different places get different vectors: the map is stitched from windows, not one repeated vector.
+    similarity = embedding.vectors.astype(np.float32) @ embedding.vectors[0].astype(np.float32)
+    assert similarity.min() < 0.99
+
+
+def test_shards_cover_every_case_once(records):
+    cases = list(records.values()) * 3
+    shards = [shard(cases, rank, 4) for rank in range(4)]
+    assert sorted(r.case_id for s in shards for r in s) == sorted(r.case_id for r in cases)
