@@ -25,13 +25,14 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import yaml
 
 from alice import paths
 from alice.atomic import atomic_write_text
+from alice.errors import InputError
 
 CONFIG_FILE = "config.yaml"
 STATUS_FILE = "status.json"
@@ -229,3 +230,45 @@ def log_to_file(run_dir: str | Path, logger_name: str = "alice") -> Iterator[log
         logger.removeHandler(handler)
         logger.setLevel(previous_level)
         handler.close()
+
+
+def load_checkpoint_file(path: str | Path, kind: str, format_version: int) -> dict:
+    """A run checkpoint of ``kind`` as plain data (``torch.load(weights_only=True)``).
+
+    Raises:
+        InputError: missing or unreadable file, or a checkpoint of another kind or format version.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "no such checkpoint file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated or foreign files
+        raise InputError(path, f"cannot read as a checkpoint (truncated or not a torch file?): {exc}") from exc
+    found = payload.get("kind") if isinstance(payload, dict) else type(payload).__name__
+    if found != kind:
+        raise InputError(path, f"is a checkpoint of kind {found!r}; expected kind {kind!r}")
+    if payload.get("format_version") != format_version:
+        raise InputError(path, f"has format_version {payload.get('format_version')!r}; this code reads "
+                               f"{format_version} (written by alice {payload.get('alice_version', 'unknown')})")
+    return payload
+
+
+def resume_payload(run_dir: str | Path, config: dict, load: Callable[[Path], dict]) -> dict:
+    """The last checkpoint of a run to continue, refused when ``config`` (plain data) differs from its own.
+
+    Raises:
+        InputError: no checkpoint, or the differing keys named.
+    """
+    from alice.pretrain.config import differences
+
+    path = checkpoint_path(run_dir)
+    if not path.exists():
+        raise InputError(run_dir, "has no checkpoints/last.pt to resume from")
+    payload = load(path)
+    changed = differences(payload["config"], config)
+    if changed:
+        raise InputError(run_dir, "cannot resume with a different config; differing keys: " + "; ".join(changed))
+    return payload

@@ -32,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from alice import __version__, runs
 from alice.atomic import atomic_write
 from alice.errors import InputError
-from alice.pretrain.config import PretrainConfig, differences, resolve_config, validate
+from alice.pretrain.config import PretrainConfig, resolve_config, validate
 from alice.pretrain.schedules import Schedules, build_schedules
 from alice.pretrain.ssl_model import AliceSSL, build_ssl_model
 from alice.pretrain.views import PairSampler, load_mining_cases
@@ -100,20 +100,7 @@ def load_checkpoint(path: str | Path) -> dict:
     Raises:
         InputError: missing or unreadable file, or a checkpoint of another kind or format version.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "no such checkpoint file")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for truncated or foreign files
-        raise InputError(path, f"cannot read as a checkpoint (truncated or not a torch file?): {exc}") from exc
-    if not isinstance(payload, dict) or payload.get("kind") != CHECKPOINT_KIND:
-        kind = payload.get("kind") if isinstance(payload, dict) else type(payload).__name__
-        raise InputError(path, f"is a checkpoint of kind {kind!r}; expected kind {CHECKPOINT_KIND!r}")
-    if payload.get("format_version") != FORMAT_VERSION:
-        raise InputError(path, f"has format_version {payload.get('format_version')!r}; this code reads "
-                               f"{FORMAT_VERSION} (written by alice {payload.get('alice_version', 'unknown')})")
-    return payload
+    return runs.load_checkpoint_file(path, CHECKPOINT_KIND, FORMAT_VERSION)
 
 
 def fingerprint(model: AliceSSL) -> str:
@@ -160,14 +147,7 @@ def pretrain(config: PretrainConfig, out_dir: str | Path, resume: bool = False,
 
 
 def _resume_payload(config: PretrainConfig, out_dir: Path) -> dict:
-    path = runs.checkpoint_path(out_dir)
-    if not path.exists():
-        raise InputError(out_dir, "has no checkpoints/last.pt to resume from")
-    payload = load_checkpoint(path)
-    changed = differences(payload["config"], config.to_dict())
-    if changed:
-        raise InputError(out_dir, "cannot resume with a different config; differing keys: " + "; ".join(changed))
-    return payload
+    return runs.resume_payload(out_dir, config.to_dict(), load_checkpoint)
 
 
 def _train(config: PretrainConfig, out_dir: Path, payload: dict | None, process: Process,

@@ -108,20 +108,9 @@ def load_segmentation_checkpoint(path: str | Path) -> dict:
     Raises:
         InputError: missing or unreadable, or a checkpoint of another kind or format version.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "no such checkpoint file")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for truncated or foreign files
-        raise InputError(path, f"cannot read as a checkpoint (truncated or not a torch file?): {exc}") from exc
-    kind = payload.get("kind") if isinstance(payload, dict) else type(payload).__name__
-    if kind != CHECKPOINT_KIND:
-        raise InputError(path, f"is a checkpoint of kind {kind!r}; expected kind {CHECKPOINT_KIND!r}")
-    if payload.get("format_version") != FORMAT_VERSION:
-        raise InputError(path, f"has format_version {payload.get('format_version')!r}; this code reads "
-                               f"{FORMAT_VERSION}")
-    return payload
+    from alice import runs
+
+    return runs.load_checkpoint_file(path, CHECKPOINT_KIND, FORMAT_VERSION)
 
 
 def load_segmentation_net(source: str | Path) -> SegmentationNet:

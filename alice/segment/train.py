@@ -32,7 +32,7 @@ from alice.data.cohort import LoadedCase, load_case, load_manifest
 from alice.errors import InputError
 from alice.models.build import PRESETS as MODEL_PRESETS
 from alice.models.build import ModelConfig
-from alice.pretrain.config import ViewConfig, _build, _plain, differences
+from alice.pretrain.config import ViewConfig, _build, _plain
 from alice.pretrain.schedules import lr_schedule
 from alice.pretrain.train import parameter_groups
 from alice.pretrain.views import window_hu
@@ -385,14 +385,7 @@ def finetune(config: FinetuneConfig, out_dir: str | Path, resume: bool = False,
 
 
 def _resume_payload(config: FinetuneConfig, out_dir: Path) -> dict:
-    path = runs.checkpoint_path(out_dir)
-    if not path.exists():
-        raise InputError(out_dir, "has no checkpoints/last.pt to resume from")
-    payload = load_segmentation_checkpoint(path)
-    changed = differences(payload["config"], config.to_dict())
-    if changed:
-        raise InputError(out_dir, "cannot resume with a different config; differing keys: " + "; ".join(changed))
-    return payload
+    return runs.resume_payload(out_dir, config.to_dict(), load_segmentation_checkpoint)
 
 
 def _loop(config: FinetuneConfig, out_dir: Path, payload: dict | None,
