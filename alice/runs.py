@@ -262,7 +262,7 @@ def resume_payload(run_dir: str | Path, config: dict, load: Callable[[Path], dic
     Raises:
         InputError: no checkpoint, or the differing keys named.
     """
-    from alice.pretrain.config import differences
+    from alice.config import differences
 
     path = checkpoint_path(run_dir)
     if not path.exists():

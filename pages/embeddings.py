@@ -3,7 +3,6 @@
 import streamlit as st
 
 from alice.errors import InputError
-from alice.explore.maps import selection_table
 from alice.ui import dense, embeddings
 from alice.ui.cases import list_cohorts, load_case_cached
 from alice.ui.viewer import tri_planar_viewer
@@ -54,7 +53,7 @@ shown = embeddings.choose_projection(ss, records, found, source.settings, method
 st.caption(embeddings.caption(shown, source.label))
 ids = embeddings.map_chart(shown, label_names, colour_by)
 
-table = selection_table(shown, ids, label_names)
+table = embeddings.selection(shown, ids, label_names)
 embeddings.show_selection(table, f"selection-{source_name}-{shown.method}.csv")
 
 st.subheader("In the scan")

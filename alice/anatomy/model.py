@@ -26,6 +26,7 @@ from torch import nn
 
 from alice import __version__
 from alice.atomic import atomic_write
+from alice.config import plain_data
 from alice.errors import InputError
 
 CHECKPOINT_KIND = "sam"
@@ -131,7 +132,7 @@ class SAMConfig:
 
     def to_dict(self) -> dict:
         """Plain data (dicts, lists, numbers, strings) that ``torch.load(weights_only=True)`` accepts."""
-        return _plain(dataclasses.asdict(self))
+        return plain_data(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, data: dict) -> SAMConfig:
@@ -331,15 +332,6 @@ def load_sam(path: str | Path) -> SAMCheckpoint:
         raise InputError(path, f"checkpoint config or weights do not fit the SAM network: {exc}") from exc
     model.eval()
     return SAMCheckpoint(model, config, int(payload.get("step", 0)), str(payload.get("alice_version", "unknown")))
-
-
-def _plain(value):
-    """Tuples to lists, recursively (a tuple would survive ``weights_only`` too, but YAML and JSON want lists)."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
 
 
 def _tuples(value):

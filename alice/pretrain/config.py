@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ import yaml
 
 from alice import paths
 from alice.atomic import atomic_write_text
-from alice.config import apply_overrides
+from alice.config import apply_overrides, build_dataclass, merge, plain_data
 from alice.errors import InputError
 from alice.mining.views import MODES
 from alice.models.build import PRESETS as MODEL_PRESETS
@@ -176,7 +175,7 @@ class PretrainConfig:
 
     def to_dict(self) -> dict:
         """Plain data (dicts, lists, numbers, strings) that YAML and ``torch.load(weights_only=True)`` accept."""
-        return _plain(dataclasses.asdict(self))
+        return plain_data(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, data: dict) -> PretrainConfig:
@@ -185,7 +184,7 @@ class PretrainConfig:
         Raises:
             InputError: an unknown key or a value of the wrong type, named by its dotted key.
         """
-        return _build(cls, data, "")
+        return build_dataclass(cls, data, "")
 
 
 # The official schedule at 2,000 cases on 8 GPUs (one pair each): 250 steps per epoch, 500 epochs, LR warm-up
@@ -213,7 +212,7 @@ def load_config(preset: str = "cpu-tiny", file: str | Path | None = None,
         raise InputError(None, f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     data = PRESETS[preset].to_dict()
     if file is not None:
-        _merge(data, read_yaml(file))
+        merge(data, read_yaml(file))
     apply_overrides(data, overrides)
     config = PretrainConfig.from_dict(data)
     validate(config)
@@ -316,103 +315,3 @@ def validate(config: PretrainConfig) -> None:
     check(run.log_every >= 1, f"run.log_every={run.log_every} must be at least 1")
     if problems:
         raise InputError(None, "invalid pretraining config: " + "; ".join(problems))
-
-
-def differences(old: dict, new: dict) -> list[str]:
-    """Dotted keys whose values differ between two plain-data configs, as ``key: old -> new``."""
-    flat_old, flat_new = _flatten(old), _flatten(new)
-    return [f"{key}: {flat_old.get(key, '<absent>')!r} -> {flat_new.get(key, '<absent>')!r}"
-            for key in sorted(set(flat_old) | set(flat_new)) if flat_old.get(key) != flat_new.get(key)]
-
-
-def _flatten(data: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def _merge(base: dict, update: dict) -> None:
-    """Deep-merge ``update`` into ``base``; unknown keys survive so that ``from_dict`` names them."""
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = value
-
-
-def _plain(value):
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def _build(cls, data, where: str):
-    """A dataclass from a mapping, recursively, with every value coerced to its field's type."""
-    if isinstance(data, cls):
-        return data
-    if not isinstance(data, dict):
-        raise InputError(None, f"config {where or 'root'} must be a mapping, got {type(data).__name__}")
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise InputError(None, f"unknown config key(s) {[where + k for k in unknown]}; "
-                               f"{where.rstrip('.') or 'the config'} knows {names}")
-    hints = typing.get_type_hints(cls)
-    try:
-        return cls(**{name: _coerce(data[name], hints[name], where + name) for name in names if name in data})
-    except InputError:
-        raise
-    except ValueError as exc:  # a dataclass that checks itself (ModelConfig)
-        raise InputError(None, f"config {where.rstrip('.') or 'root'}: {exc}") from exc
-
-
-def _coerce(value, hint, key: str):
-    """``value`` as the type ``hint`` says (YAML gives lists for tuples and may give strings for numbers)."""
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, key + ".")
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (types.UnionType, typing.Union):
-        if value is None and type(None) in args:
-            return None
-        hint = next(a for a in args if a is not type(None))
-        return _coerce(value, hint, key)
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise InputError(None, f"config {key}={value!r} must be a list")
-        item_types = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
-        if len(item_types) != len(value):
-            raise InputError(None, f"config {key}={list(value)!r} must have {len(item_types)} items")
-        return tuple(_coerce(v, t, f"{key}[{i}]") for i, (v, t) in enumerate(zip(value, item_types)))
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise InputError(None, f"config {key}={value!r} must be true or false")
-        return value
-    if hint in (int, float):
-        number = value
-        if isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
-            try:
-                number = float(value)
-            except ValueError:
-                number = None
-        if isinstance(number, bool) or not isinstance(number, int | float):
-            raise InputError(None, f"config {key}={value!r} must be a number")
-        if hint is int:
-            if not float(number).is_integer():
-                raise InputError(None, f"config {key}={value!r} must be a whole number")
-            return int(number)
-        return float(number)
-    if hint is str:
-        if isinstance(value, Path):
-            return str(value)
-        if not isinstance(value, str):
-            raise InputError(None, f"config {key}={value!r} must be a string")
-        return value
-    return value

@@ -20,7 +20,7 @@ from alice import paths, runs
 from alice.atomic import atomic_write_text
 from alice.data.cohort import LoadedCase
 from alice.errors import InputError
-from alice.pretrain.config import differences
+from alice.config import differences
 from alice.segment.labels import get_label_set
 from alice.segment.metrics import average_scores, mean_of, segmentation_scores
 from alice.segment.network import SCRATCH, SegmentationNet, load_segmentation_checkpoint, load_segmentation_net

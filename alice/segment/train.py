@@ -32,7 +32,8 @@ from alice.data.cohort import LoadedCase, load_case, load_manifest
 from alice.errors import InputError
 from alice.models.build import PRESETS as MODEL_PRESETS
 from alice.models.build import ModelConfig
-from alice.pretrain.config import ViewConfig, _build, _plain
+from alice.config import build_dataclass, plain_data
+from alice.pretrain.config import ViewConfig
 from alice.pretrain.schedules import lr_schedule
 from alice.pretrain.train import parameter_groups
 from alice.pretrain.views import window_hu
@@ -156,7 +157,7 @@ class FinetuneConfig:
 
     def to_dict(self) -> dict:
         """Plain data for YAML and ``torch.load(weights_only=True)``."""
-        return _plain(dataclasses.asdict(self))
+        return plain_data(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, data: dict) -> FinetuneConfig:
@@ -165,7 +166,7 @@ class FinetuneConfig:
         Raises:
             InputError: an unknown key or a value of the wrong type, named by its dotted key.
         """
-        return _build(cls, data, "")
+        return build_dataclass(cls, data, "")
 
 
 def default_config(init: str = SCRATCH) -> FinetuneConfig:

@@ -171,6 +171,11 @@ def selected_ids(event, n_points: int) -> np.ndarray:
     return ids[(ids >= 0) & (ids < n_points)]
 
 
+def selection(projection: maps.Projection, ids, label_names: dict) -> pd.DataFrame:
+    """The selected patches: id, case, voxel, mm, label and structure (``alice.explore.maps.selection_table``)."""
+    return maps.selection_table(projection, ids, label_names)
+
+
 def show_selection(table: pd.DataFrame, file_name: str) -> None:
     """Count, table and CSV of the selected patches.
 

@@ -5,7 +5,8 @@ import torch
 import yaml
 
 from alice.errors import InputError
-from alice.pretrain.config import PRESETS, PretrainConfig, differences, load_config, resolve_config, save_config
+from alice.config import differences
+from alice.pretrain.config import PRESETS, PretrainConfig, load_config, resolve_config, save_config
 
 
 def test_presets_are_valid_and_cpu_tiny_is_small():
