@@ -392,7 +392,8 @@ def cmd_eval_segmentation(args: argparse.Namespace) -> int:
         ablations[name] = path
     base = load_finetune_config(_finetune_overrides(args))
     result = compare_methods(args.checkpoint, ablations, args.seeds, args.methods, base, args.split,
-                             on_run=lambda name, seed, run: print(f"{name} seed {seed}: {run}", file=sys.stderr))
+                             on_run=lambda name, seed, run: print(f"{name} seed {seed}: {run}", file=sys.stderr),
+                             ablation_seeds=args.ablation_seeds)
     if args.json:
         print(json.dumps(result))
         return 0
@@ -597,6 +598,8 @@ def build_parser() -> argparse.ArgumentParser:
     segmentation.add_argument("--ablation", action="append", default=[], metavar="NAME=PATH",
                               help="a further pretrained checkpoint to compare, e.g. same_volume=runs/alice/x")
     segmentation.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="(default: 0 1 2)")
+    segmentation.add_argument("--ablation-seeds", type=int, nargs="+",
+                              help="seeds of the ablations (default: --seeds)")
     _finetune_arguments(segmentation)
     segmentation.add_argument("--split", default="test", help="held-out split (default: %(default)s)")
     segmentation.add_argument("--json", action="store_true", help="print one JSON object")

@@ -198,6 +198,17 @@ LABEL_COLORS = _label_color_table()
 """(256, 3) uint8 RGB per label value; value 0 (background) is never drawn."""
 
 
+# Trubetskoy's "20 simple, distinct colours" without the greys, black and white, which vanish on CT.
+_DISTINCT = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+             (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
+             (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180),
+             (0, 0, 128)]
+CLASS_COLORS = LABEL_COLORS.copy()
+CLASS_COLORS[1:len(_DISTINCT) + 1] = _DISTINCT
+"""(256, 3) uint8 RGB for the few classes of a segmentation label set: values 1..19 far apart (``LABEL_COLORS``
+repeats near hues every 8 values, too close when 9 organs show at once), then ``LABEL_COLORS``."""
+
+
 def label_color_index(values: np.ndarray) -> np.ndarray:
     """Row of ``LABEL_COLORS`` for each label value: values above 255 wrap onto 1..255; 0 stays 0."""
     values = np.asarray(values).astype(np.int64, copy=False)
@@ -215,19 +226,23 @@ def gray_to_rgb(gray: np.ndarray) -> np.ndarray:
     return np.repeat(gray[..., None], 3, axis=-1)
 
 
-def blend_labels(rgb: np.ndarray, labels: np.ndarray, opacity: float) -> np.ndarray:
+def blend_labels(rgb: np.ndarray, labels: np.ndarray, opacity: float, colours: np.ndarray | None = None
+                 ) -> np.ndarray:
     """Alpha-blend label colours onto an RGB slice; background (0) stays unchanged.
 
     Args:
         rgb: (H, W, 3) uint8 slice.
         labels: (H, W) integer label slice.
         opacity: 0 (invisible) .. 1 (opaque).
+        colours: (N, 3) uint8 RGB per label value, N above the largest value (default: ``LABEL_COLORS``).
     """
     out = rgb.copy()
     mask = labels > 0
     if opacity <= 0 or not mask.any():
         return out
-    colors = LABEL_COLORS[label_color_index(labels[mask])].astype(np.float32)
+    table = LABEL_COLORS if colours is None else colours
+    values = labels[mask]
+    colors = table[label_color_index(values) if colours is None else values].astype(np.float32)
     out[mask] = np.round((1 - opacity) * rgb[mask].astype(np.float32) + opacity * colors).astype(np.uint8)
     return out
 
@@ -278,6 +293,59 @@ def blend_rgb(rgb: np.ndarray, colours: np.ndarray, opacity: float) -> np.ndarra
         return out
     painted = np.clip(colours[mask], 0, 1) * 255
     out[mask] = np.round((1 - opacity) * rgb[mask].astype(np.float32) + opacity * painted).astype(np.uint8)
+    return out
+
+
+def contour_mask(labels: np.ndarray) -> np.ndarray:
+    """The boundary pixels of each labelled region of a 2D slice.
+
+    A pixel is on a boundary when it is labelled (non-zero) and one of its four in-plane neighbours holds another
+    value; outside the slice counts as background, so a region touching the edge is closed there.
+
+    Args:
+        labels: (H, W) integer labels.
+
+    Returns:
+        (H, W) bool.
+    """
+    padded = np.pad(labels, 1)
+    centre = padded[1:-1, 1:-1]
+    differs = ((padded[:-2, 1:-1] != centre) | (padded[2:, 1:-1] != centre)
+               | (padded[1:-1, :-2] != centre) | (padded[1:-1, 2:] != centre))
+    return differs & (centre != 0)
+
+
+# Values of an error map (see ``error_map``) and their colours: two contrasting hues, plus one for their overlap.
+FALSE_POSITIVE, FALSE_NEGATIVE, WRONG_STRUCTURE = 1, 2, 3
+ERROR_NAMES = {FALSE_POSITIVE: "false positive (predicted, not in the truth)",
+               FALSE_NEGATIVE: "false negative (in the truth, missed)",
+               WRONG_STRUCTURE: "wrong structure (one shown structure predicted as another)"}
+ERROR_COLORS = np.zeros((256, 3), dtype=np.uint8)
+ERROR_COLORS[[FALSE_POSITIVE, FALSE_NEGATIVE, WRONG_STRUCTURE]] = [(255, 60, 30), (30, 144, 255), (255, 215, 0)]
+
+
+def error_map(pred: np.ndarray, truth: np.ndarray, classes) -> np.ndarray:
+    """Where a prediction is wrong about the given classes, as ``FALSE_POSITIVE`` / ``FALSE_NEGATIVE`` values.
+
+    A voxel predicted as one of ``classes`` that the truth gives another value is a false positive; a voxel of
+    one of ``classes`` in the truth predicted as another value is a false negative; a voxel that is both (one of
+    the classes predicted as another of them) is ``WRONG_STRUCTURE``. Everything else is 0.
+
+    Args:
+        pred, truth: class-index maps of the same shape.
+        classes: the class values looked at.
+
+    Returns:
+        uint8 map of the same shape.
+    """
+    classes = np.asarray(list(classes), dtype=np.int64)
+    wrong = pred != truth
+    false_positive = wrong & np.isin(pred, classes)
+    false_negative = wrong & np.isin(truth, classes)
+    out = np.zeros(pred.shape, dtype=np.uint8)
+    out[false_positive] = FALSE_POSITIVE
+    out[false_negative] = FALSE_NEGATIVE
+    out[false_positive & false_negative] = WRONG_STRUCTURE
     return out
 
 
@@ -338,6 +406,46 @@ class RGBOverlay:
     opacity: float = 0.5
 
 
+@dataclass(frozen=True, eq=False)
+class LabelOverlay:
+    """A label map drawn over the slices with its own colours, filled or as in-plane contours (e.g. a prediction).
+
+    Contours are found in each displayed slice (``contour_mask``), so every view shows the outline in its own plane.
+
+    Attributes:
+        volume: integer labels (at most 255) on the image's grid; 0 is never drawn.
+        name: shown in the legend.
+        names: value -> name of the values the legend lists.
+        opacity: 0 .. 1.
+        shown: the values drawn (None: every non-zero value).
+        contour: draw only each region's boundary.
+        colours: (256, 3) uint8 RGB per value (None: ``LABEL_COLORS``, as the label map of the viewer).
+    """
+
+    volume: Volume
+    name: str
+    names: dict[int, str]
+    opacity: float = 0.5
+    shown: tuple[int, ...] | None = None
+    contour: bool = False
+    colours: np.ndarray | None = None
+
+    def color_hex(self, value: int) -> str:
+        """``#rrggbb`` of one value, for legends."""
+        if self.colours is None:
+            return label_color_hex(value)
+        r, g, b = self.colours[int(value)]
+        return f"#{r:02x}{g:02x}{b:02x}"
+
+    def draw(self, rgb: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Blend this overlay's slice ``labels`` (H, W) onto the RGB slice ``rgb`` (H, W, 3) uint8."""
+        if self.shown is not None:
+            labels = np.where(np.isin(labels, self.shown), labels, 0)
+        if self.contour:
+            labels = np.where(contour_mask(labels), labels, 0)
+        return blend_labels(rgb, labels, self.opacity, self.colours)
+
+
 @dataclass(frozen=True)
 class Marker:
     """A point to show on the views, in world RAS+ mm (points travel in mm, never as voxel indices)."""
@@ -348,7 +456,7 @@ class Marker:
 
 def compose_slice(image: np.ndarray, plane: str, index: int, window: Window, label: np.ndarray | None = None,
                   label_opacity: float = 0.0,
-                  overlays: tuple[tuple[np.ndarray, HeatOverlay | RGBOverlay], ...] = ()) -> np.ndarray:
+                  overlays: tuple[tuple[np.ndarray, HeatOverlay | RGBOverlay | LabelOverlay], ...] = ()) -> np.ndarray:
     """The RGB picture of one slice: windowed grey, then label colours, then the overlays in order.
 
     Args:
@@ -370,6 +478,8 @@ def compose_slice(image: np.ndarray, plane: str, index: int, window: Window, lab
         section = extract_slice(values, plane, index)
         if isinstance(overlay, RGBOverlay):
             rgb = blend_rgb(rgb, section, overlay.opacity)
+        elif isinstance(overlay, LabelOverlay):
+            rgb = overlay.draw(rgb, section)
         else:
             rgb = blend_heat(rgb, section, *overlay.value_range, overlay.opacity, overlay.threshold)
     return rgb

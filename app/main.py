@@ -12,4 +12,5 @@ st.navigation([
     st.Page("../pages/attention.py", title="Attention (CAFA)", icon=":material/center_focus_strong:"),
     st.Page("../pages/retrieval.py", title="Landmark retrieval", icon=":material/my_location:"),
     st.Page("../pages/embeddings.py", title="Embeddings", icon=":material/scatter_plot:"),
+    st.Page("../pages/segmentation.py", title="Segmentation", icon=":material/grid_view:"),
 ]).run()

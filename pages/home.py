@@ -21,7 +21,9 @@ st.markdown(
     "3. **Bring your own.** *Add a case* takes a NIfTI or NRRD CT (and a label map) and converts it into your "
     "user cohort; the original file is never changed.\n"
     "4. **Follow the pipeline.** The stages below run in order, each made by one command; a stage shows as "
-    "present once its output exists. Commands marked *planned* are not written yet.")
+    "present once its output exists. Commands marked *planned* are not written yet.\n"
+    "5. **Segment.** The *Segmentation* page fine-tunes a network in the background (from scratch or from Alice) "
+    "and shows its prediction against a held-out case's labels: where it errs, and its Dice per structure.")
 st.page_link("../pages/viewer.py", label="Open the cohort viewer", icon=":material/view_in_ar:")
 
 st.subheader("Cohorts")

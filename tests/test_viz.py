@@ -174,3 +174,50 @@ def test_crop_planes_are_the_centre_slices_in_the_display_convention():
         assert picture[row, col] == array[5, 4, 3]
     # Axial: patient's right (high i) on the image's left, anterior (high j) at the top.
     assert planes["axial"][0, 0] == array[5 + 1, 4 + 1, 3]
+
+
+def test_contours_keep_only_the_in_plane_boundary_of_each_region():
+    labels = np.zeros((7, 9), np.uint8)
+    labels[1:6, 1:6] = 1  # a 5 x 5 square
+    labels[2:5, 6:9] = 2  # touching it on the right and the slice's edge
+    contour = viz.contour_mask(labels)
+    assert contour[1:6, 1:6].sum() == 16 and not contour[2:5, 2:5].any()  # the ring, not the 3 x 3 inside
+    assert contour[2:5, 8].all()  # the slice's edge closes a region
+    assert contour[3, 5] and contour[3, 6]  # both sides of the shared border
+    assert contour.sum() < (labels > 0).sum() and not contour[labels == 0].any()
+
+
+def test_contour_mode_colours_fewer_pixels_than_filled_mode():
+    labels = np.zeros((6, 6, 6), np.uint8)
+    labels[1:5, 1:5, 1:5] = 1
+    image = np.full(labels.shape, 40.0)
+    volume = Volume(labels, np.eye(4))
+    coloured = {}
+    for contour in (False, True):
+        overlay = viz.LabelOverlay(volume, "prediction", {1: "liver"}, opacity=1.0, contour=contour)
+        rgb = viz.compose_slice(image, "axial", 2, viz.Window(400, 40), overlays=((labels, overlay),))
+        coloured[contour] = int((rgb != rgb[0, 0]).any(axis=-1).sum())
+    assert coloured == {False: 16, True: 12}
+
+
+def test_a_label_overlay_draws_only_the_structures_shown_in_its_own_colours():
+    labels = np.array([[1, 2], [3, 0]], np.uint8)[..., None]
+    grey = np.zeros((2, 2, 3), np.uint8)
+    overlay = viz.LabelOverlay(Volume(labels, np.eye(4)), "errors", viz.ERROR_NAMES, opacity=1.0, shown=(1, 3),
+                               colours=viz.ERROR_COLORS)
+    drawn = overlay.draw(grey, labels[..., 0])
+    assert drawn[0, 0].tolist() == viz.ERROR_COLORS[viz.FALSE_POSITIVE].tolist()
+    assert drawn[0, 1].tolist() == [0, 0, 0]  # 2 is not shown
+    assert drawn[1, 0].tolist() == viz.ERROR_COLORS[viz.WRONG_STRUCTURE].tolist()
+    assert overlay.color_hex(viz.FALSE_NEGATIVE) == "#1e90ff"
+
+
+def test_the_error_map_marks_false_positives_false_negatives_and_confusions_of_the_classes_shown():
+    truth = np.array([1, 1, 0, 0, 2, 2, 3])
+    pred = np.array([1, 0, 1, 0, 1, 2, 0])
+    errors = viz.error_map(pred, truth, (1, 2))
+    # missed 1 -> FN; invented 1 -> FP; 2 predicted as 1 -> both; class 3 is not looked at.
+    assert errors.tolist() == [0, viz.FALSE_NEGATIVE, viz.FALSE_POSITIVE, 0, viz.WRONG_STRUCTURE, 0, 0]
+    assert errors.dtype == np.uint8
+    assert viz.error_map(pred, truth, (3,)).tolist() == [0, 0, 0, 0, 0, 0, viz.FALSE_NEGATIVE]
+    assert not viz.error_map(truth, truth, (1, 2, 3)).any()

@@ -18,9 +18,9 @@ import numpy as np
 
 from alice import paths, runs
 from alice.atomic import atomic_write_text
+from alice.config import differences
 from alice.data.cohort import LoadedCase
 from alice.errors import InputError
-from alice.config import differences
 from alice.segment.labels import get_label_set
 from alice.segment.metrics import average_scores, mean_of, segmentation_scores
 from alice.segment.network import SCRATCH, SegmentationNet, load_segmentation_checkpoint, load_segmentation_net
@@ -106,7 +106,8 @@ def ensure_run(config: FinetuneConfig, run_dir: str | Path,
 def compare_methods(alice_checkpoint: str | Path | None, ablations: dict[str, str] | None = None,
                     seeds: Sequence[int] = (0, 1, 2), methods: Sequence[str] = (SCRATCH, ALICE),
                     base: FinetuneConfig | None = None, split: str = "test",
-                    on_run: Callable[[str, int, Path], None] | None = None) -> dict:
+                    on_run: Callable[[str, int, Path], None] | None = None,
+                    ablation_seeds: Sequence[int] | None = None) -> dict:
     """Fine-tune once per method and seed (or reuse the runs), evaluate each on ``split``, summarise over seeds.
 
     Args:
@@ -118,6 +119,7 @@ def compare_methods(alice_checkpoint: str | Path | None, ablations: dict[str, st
         base: the fine-tuning config apart from ``init``, seed and architecture (default: the defaults).
         split: the held-out split.
         on_run: called with (method, seed, run folder) before each run is ensured.
+        ablation_seeds: the ablations' seeds (default: ``seeds``), where time allows fewer.
 
     Returns:
         ``{"split", "methods": {name: {"dice_mean", "dice_std", "hd95_mean", "seeds", "per_seed": {seed:
@@ -133,6 +135,8 @@ def compare_methods(alice_checkpoint: str | Path | None, ablations: dict[str, st
         raise InputError(None, f"unknown method(s) {unknown}; give {SCRATCH!r}, {ALICE!r} and ablations as name=path")
     if ALICE in inits and not alice_checkpoint:
         raise InputError(None, "method 'alice' needs an Alice checkpoint")
+    seeds_of = {name: list(seeds) for name in inits}
+    seeds_of.update({name: list(seeds if ablation_seeds is None else ablation_seeds) for name in ablations or {}})
     inits.update(ablations or {})
     base = base or FinetuneConfig()
     if alice_checkpoint:
@@ -141,7 +145,7 @@ def compare_methods(alice_checkpoint: str | Path | None, ablations: dict[str, st
     results = {}
     for name, init in inits.items():
         per_seed = {}
-        for seed in seeds:
+        for seed in seeds_of[name]:
             run_dir = paths.runs_dir(RUN_KIND) / f"{name}-seed{seed}"
             if on_run is not None:
                 on_run(name, seed, run_dir)

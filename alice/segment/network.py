@@ -2,7 +2,10 @@
 
 As in the official hand-off (``extract_backbone_weights.py`` keeps encoder and decoder; Jiang et al., ICCV 2023),
 fine-tuning starts from the pretrained encoder and decoder and learns a new output layer: a transposed conv of the
-same stride as the reconstruction layer, on the backbone's last decoder map (``features``). The backbone is kept
+same stride as the reconstruction layer, on the backbone's last decoder map (``features``), normalised first. The
+decoder's features are nearly constant over space (a large shared part, a small varying one), so a head on the raw
+features learnt the class priors long before anything local and fine-tuning sat at all-background; instance
+normalisation (per crop and channel, as nnU-Net normalises) keeps only the spatial variation. The backbone is kept
 whole (its unused reconstruction layer included) so pretrained weights load strictly, key for key.
 """
 
@@ -21,7 +24,7 @@ from alice.pretrain.export import read_backbone
 
 SCRATCH = "scratch"
 CHECKPOINT_KIND = "segmentation"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 # The ModelConfig fields that decide the backbone's weights; the others (drop path, head, CAFA) may differ.
 ARCHITECTURE_FIELDS = ("backbone", "roi", "in_channels", "feature_size", "depths", "num_heads", "window_sizes",
                        "patch_size")
@@ -43,7 +46,8 @@ class SegmentationNet(nn.Module):
         self.hu_window = tuple(float(v) for v in hu_window)
         self.backbone = build_backbone(config)
         stride = self.backbone.feature_stride
-        self.head = nn.ConvTranspose3d(config.feature_size, len(self.class_names), stride, stride=stride)
+        self.head = nn.Sequential(nn.InstanceNorm3d(config.feature_size, affine=True),
+                                  nn.ConvTranspose3d(config.feature_size, len(self.class_names), stride, stride=stride))
 
     @property
     def roi(self) -> tuple[int, int, int]:

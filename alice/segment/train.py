@@ -27,12 +27,11 @@ from monai.losses import DiceCELoss
 
 from alice import paths, runs
 from alice.atomic import atomic_write
-from alice.config import apply_overrides
+from alice.config import apply_overrides, build_dataclass, plain_data
 from alice.data.cohort import LoadedCase, load_case, load_manifest
 from alice.errors import InputError
 from alice.models.build import PRESETS as MODEL_PRESETS
 from alice.models.build import ModelConfig
-from alice.config import build_dataclass, plain_data
 from alice.pretrain.config import ViewConfig
 from alice.pretrain.schedules import lr_schedule
 from alice.pretrain.train import parameter_groups
@@ -85,8 +84,11 @@ class SegOptimConfig:
     """AdamW with linear warm-up and cosine decay of the learning rate.
 
     Attributes:
-        lr: peak learning rate.
-        min_lr: learning rate at the last step.
+        lr: peak learning rate of the backbone.
+        min_lr: learning rate of the backbone at the last step.
+        head_lr_scale: the new output layer learns this many times faster: it starts from nothing and its logits
+            grow only as fast as AdamW moves its weights, so at the backbone's rate a 600-step run ends before
+            the head predicts any structure confidently.
         warmup_steps: linear warm-up steps.
         weight_decay: AdamW weight decay (none on biases and norms).
         batch_size: crops per step.
@@ -94,6 +96,7 @@ class SegOptimConfig:
 
     lr: float = 5e-4
     min_lr: float = 1e-5
+    head_lr_scale: float = 10.0
     warmup_steps: int = 20
     weight_decay: float = 1e-4
     batch_size: int = 2
@@ -121,9 +124,9 @@ class AugmentConfig:
 class SegRunConfig:
     """Length, validation, checkpoints, logging and seed.
 
-    The defaults fit a run in about 6 minutes on 2 CPU cores with the ``cpu-tiny`` network: about 0.5 s per
-    step (batch 2, roi 48) and 13 s per validation of a sample case (sliding window), estimated from CPU time
-    relative to the pretraining step measured in bench/RESULTS.md.
+    The defaults fit a run in under 10 minutes on 2 CPU cores with the ``cpu-tiny`` network: about 0.75 s per
+    step (batch 2, roi 48) and about 15 s per validation of a sample case (sliding window); the measured run
+    times are in bench/RESULTS.md (segmentation).
 
     Attributes:
         steps: optimiser steps.
@@ -224,6 +227,7 @@ def validate(config: FinetuneConfig) -> None:
     check(low < high, f"data.hu_window=[{low:g}, {high:g}]: the lower bound must be below the upper")
     check(optim.lr > 0 and 0 <= optim.min_lr < optim.lr,
           f"optim.lr={optim.lr:g} must be positive and optim.min_lr={optim.min_lr:g} in [0, lr)")
+    check(optim.head_lr_scale > 0, f"optim.head_lr_scale={optim.head_lr_scale:g} must be positive")
     check(optim.warmup_steps >= 0, f"optim.warmup_steps={optim.warmup_steps} must not be negative")
     check(optim.weight_decay >= 0, f"optim.weight_decay={optim.weight_decay:g} must not be negative")
     check(optim.batch_size >= 1, f"optim.batch_size={optim.batch_size} must be at least 1")
@@ -404,8 +408,10 @@ def _loop(config: FinetuneConfig, out_dir: Path, payload: dict | None,
 
     model = build_segmentation_net(config.model, label_set.class_names, data.hu_window, config.init, run.seed)
     model.train()
-    groups = parameter_groups(model)
-    groups[0]["weight_decay"] = optim.weight_decay
+    groups = [{**group, "lr_scale": 1.0} for group in parameter_groups(model.backbone)]
+    groups += [{**group, "lr_scale": optim.head_lr_scale} for group in parameter_groups(model.head)]
+    for group in groups[::2]:  # weights (biases and norms get none)
+        group["weight_decay"] = optim.weight_decay
     optimizer = torch.optim.AdamW(groups, lr=0.0)
     loss_fn = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, batch=True)
     sampler = CropSampler(train, roi, optim.batch_size, config.augment, run.seed)
@@ -432,7 +438,7 @@ def _loop(config: FinetuneConfig, out_dir: Path, payload: dict | None,
             started = time.perf_counter()
             lr = float(lrs[step])
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group["lr_scale"]
             images, labels = sampler.next_batch()
             loss = loss_fn(model(images), labels)
             if not torch.isfinite(loss):

@@ -33,21 +33,24 @@ def volume_token(volume: Volume) -> str:
     return token
 
 
-def render_token(image: Volume, label: Volume | None, overlays: tuple[viz.HeatOverlay | viz.RGBOverlay, ...]
-                 ) -> tuple:
+def render_token(image: Volume, label: Volume | None,
+                 overlays: tuple[viz.HeatOverlay | viz.RGBOverlay | viz.LabelOverlay, ...]) -> tuple:
     """Everything that identifies what a slice picture is drawn from, as a small hashable key."""
     return (volume_token(image), None if label is None else volume_token(label),
             tuple(_overlay_token(o) for o in overlays))
 
 
-def _overlay_token(overlay: viz.HeatOverlay | viz.RGBOverlay) -> tuple:
+def _overlay_token(overlay: viz.HeatOverlay | viz.RGBOverlay | viz.LabelOverlay) -> tuple:
     if isinstance(overlay, viz.HeatOverlay):
         return volume_token(overlay.volume), overlay.opacity, *overlay.value_range, overlay.threshold
+    if isinstance(overlay, viz.LabelOverlay):
+        colours = None if overlay.colours is None else overlay.colours.tobytes()
+        return volume_token(overlay.volume), overlay.opacity, overlay.shown, overlay.contour, colours
     return volume_token(overlay.volume), overlay.opacity
 
 
 @st.cache_data(max_entries=600, show_spinner=False)
-def slice_png(_image: Volume, _label: Volume | None, _overlays: tuple[viz.HeatOverlay | viz.RGBOverlay, ...],
+def slice_png(_image: Volume, _label: Volume | None, _overlays: tuple,
               token: tuple, plane: str, index: int, window: viz.Window, label_opacity: float) -> str:
     """The composed slice as a PNG data URI; cached by ``token`` (see :func:`render_token`), not by the arrays."""
     label = None if _label is None else _label.array

@@ -9,8 +9,14 @@ import streamlit as st
 from alice import paths
 from alice.data.cohort import CaseRecord
 from alice.errors import InputError
-from alice.explore.dense import (DenseEmbedding, EmbeddingSettings, cache_entry_path, cached_dense_embedding,
-                                 cohort_index, load_network)
+from alice.explore.dense import (
+    DenseEmbedding,
+    EmbeddingSettings,
+    cache_entry_path,
+    cached_dense_embedding,
+    cohort_index,
+    load_network,
+)
 from alice.ui.cases import case_stamp
 
 SOURCE_LABELS = {"alice": "Alice (teacher, decoder tokens)", "sam": "SAM (local + global)",

@@ -1,18 +1,21 @@
-"""Pretraining runs in the app: start a background ``alice pretrain`` job, follow it, stop it, compare runs.
+"""Training runs in the app: start a background job, follow it, stop it, compare runs.
 
-Jobs are separate processes started with :func:`alice.runs.launch`; the page only reads their run folders
+Jobs are separate processes started with :func:`alice.runs.launch`; the pages only read their run folders
 (``status.json``, ``metrics.jsonl``, ``config.yaml``), so a job survives a page reload and the UI never waits
-for it. The live panel is a fragment that re-runs every 2 s.
+for it. The live panel is a fragment that re-runs every 2 s. A :class:`RunPanel` says how one kind of run is shown
+(its folder, curves, table and key prefix); the Pretraining page uses ``PRETRAINING`` and the start form below, the
+Segmentation page its own panel (``alice.ui.segmentation``).
 
-Session-state keys (all widgets): ``pretrain.follow`` (the followed run's name; Start sets it), ``pretrain.preset``,
-``pretrain.mode``, ``pretrain.steps``, ``pretrain.cafa``, ``pretrain.rec``, ``pretrain.start``, ``pretrain.stop``,
-``pretrain.compare``.
+Session-state keys of a panel with prefix ``p`` (all widgets): ``p.follow`` (the followed run's name; Start sets
+it), ``p.stop``, ``p.compare``. The pretraining start form adds ``pretrain.preset``, ``pretrain.mode``,
+``pretrain.steps``, ``pretrain.cafa``, ``pretrain.rec``, ``pretrain.start``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -74,31 +77,66 @@ def default_followed(listed: list[dict]) -> str:
     return (active or listed)[0]["name"]
 
 
+def run_summary(run: dict) -> tuple[dict, dict, list[dict]]:
+    """The first cells of a runs-table row (run, state, step, total), the run's config and its metrics."""
+    status = run["status"] or {}
+    row = {"run": run["name"], "state": status.get("state", "unknown"), "step": status.get("step"),
+           "total": status.get("total")}
+    return row, runs.read_config(run["path"]) or {}, runs.read_metrics(run["path"])
+
+
 def runs_table(listed: list[dict]) -> pd.DataFrame:
     """One row per run: state, steps, the last logged losses and the config values the ablations change."""
     rows = []
     for run in listed:
-        status = run["status"] or {}
-        config = runs.read_config(run["path"]) or {}
-        metrics = runs.read_metrics(run["path"])
+        row, config, metrics = run_summary(run)
         last = metrics[-1] if metrics else {}
         loss, model = config.get("loss", {}), config.get("model", {})
-        rows.append({"run": run["name"], "state": status.get("state", "unknown"), "step": status.get("step"),
-                     "total": status.get("total"), **{term: last.get(term) for term in LOSS_TERMS},
+        rows.append({**row, **{term: last.get(term) for term in LOSS_TERMS},
                      "views.mode": config.get("views", {}).get("mode"), "loss.cafa": loss.get("cafa"),
                      "loss.rec_weight": loss.get("rec_weight"), "model.roi": model.get("roi"),
                      "optim.lr": config.get("optim", {}).get("lr")})
     return pd.DataFrame(rows)
 
 
+@dataclass(frozen=True)
+class RunPanel:
+    """How the pages show one kind of run.
+
+    Attributes:
+        kind: the runs folder (``alice.runs``), e.g. ``alice``.
+        key: prefix of the panel's session-state and chart keys, e.g. ``pretrain``.
+        curve_terms: metrics plotted live and when runs are compared.
+        schedule_terms: metrics plotted below the curves of the followed run (empty: none).
+        schedule_caption: what the schedules are.
+        table: the runs table, one row per listed run.
+    """
+
+    kind: str
+    key: str
+    curve_terms: tuple[str, ...]
+    schedule_terms: tuple[str, ...]
+    schedule_caption: str
+    table: Callable[[list[dict]], pd.DataFrame]
+
+    @property
+    def followed(self) -> str:
+        """Session-state key of the followed run's name."""
+        return f"{self.key}.follow"
+
+
 def curves_figure(metrics_by_run: dict[str, list[dict]], terms: tuple[str, ...], log_y: bool = False) -> go.Figure:
-    """One panel per term, one line per run (overlaid), against the optimiser step."""
+    """One panel per term, one line per run (overlaid), against the optimiser step.
+
+    Steps that did not log a term (e.g. validation scores, logged every few steps) are left out of its line.
+    """
     figure = make_subplots(rows=1, cols=len(terms), subplot_titles=terms, horizontal_spacing=0.06)
     colours = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")
     for number, (name, metrics) in enumerate(metrics_by_run.items()):
-        steps = [m["step"] for m in metrics]
         for column, term in enumerate(terms, start=1):
-            figure.add_trace(go.Scatter(x=steps, y=[m.get(term) for m in metrics], mode="lines+markers", name=name,
+            logged = [m for m in metrics if m.get(term) is not None]
+            figure.add_trace(go.Scatter(x=[m["step"] for m in logged], y=[m[term] for m in logged],
+                                        mode="lines+markers", name=name,
                                         legendgroup=name, showlegend=column == 1,
                                         line={"color": colours[number % len(colours)]}, marker={"size": 4}),
                              row=1, col=column)
@@ -131,9 +169,13 @@ def show_start_form(state: MutableMapping, presets: list[str], modes: tuple[str,
             st.success(f"Started `{run_dir.name}`; it runs in the background (closing this tab does not stop it).")
 
 
+PRETRAINING = RunPanel(KIND, "pretrain", LOSS_TERMS, SCHEDULE_TERMS,
+                       "Schedules: learning rate, weight decay, teacher EMA momentum, teacher temperature.", runs_table)
+
+
 @st.fragment(run_every=POLL_SECONDS)
-def show_live(run_dir: Path) -> None:
-    """Progress, ETA, stop button, loss curves and schedules of one run, refreshed every 2 s."""
+def show_live(run_dir: Path, panel: RunPanel = PRETRAINING) -> None:
+    """Progress, ETA, stop button, curves and schedules of one run, refreshed every 2 s."""
     status = runs.read_status(run_dir) or {"state": "unknown", "step": 0, "total": None, "message": ""}
     step, total = status.get("step") or 0, status.get("total")
     eta = status.get("eta_seconds") if status["state"] in runs.ACTIVE_STATES else None
@@ -142,30 +184,32 @@ def show_live(run_dir: Path) -> None:
                 text=f"`{run_dir.name}`: {status['state']}, step {step}/{total or '?'}{eta_text}")
     if status.get("message"):
         (st.error if status["state"] in ("failed", runs.INTERRUPTED) else st.caption)(status["message"])
-    if status["state"] in runs.ACTIVE_STATES and st.button("Stop", key="pretrain.stop",
-                                                           help="The job saves a checkpoint and ends at its next step."):
+    if status["state"] in runs.ACTIVE_STATES and st.button(
+            "Stop", key=f"{panel.key}.stop", help="The job saves a checkpoint and ends at its next step."):
         runs.request_stop(run_dir)
         st.info("Stop requested: the job saves a checkpoint and ends at its next step.")
     metrics = runs.read_metrics(run_dir)
     if not metrics:
         st.caption("No metrics yet.")
         return
-    st.plotly_chart(curves_figure({run_dir.name: metrics}, LOSS_TERMS), key="pretrain.live.losses")
-    st.caption("Schedules: learning rate, weight decay, teacher EMA momentum, teacher temperature.")
-    st.plotly_chart(curves_figure({run_dir.name: metrics}, SCHEDULE_TERMS), key="pretrain.live.schedules")
+    st.plotly_chart(curves_figure({run_dir.name: metrics}, panel.curve_terms), key=f"{panel.key}.live.losses")
+    if panel.schedule_terms:
+        st.caption(panel.schedule_caption)
+        st.plotly_chart(curves_figure({run_dir.name: metrics}, panel.schedule_terms),
+                        key=f"{panel.key}.live.schedules")
 
 
-def show_runs(state: MutableMapping, listed: list[dict]) -> Path:
+def show_runs(state: MutableMapping, listed: list[dict], panel: RunPanel = PRETRAINING) -> Path:
     """The table of past runs, a picker for the followed run (returned), and two runs' curves overlaid."""
-    st.dataframe(runs_table(listed), hide_index=True)
+    st.dataframe(panel.table(listed), hide_index=True)
     names = [r["name"] for r in listed]
     by_name = {r["name"]: Path(r["path"]) for r in listed}
-    if state.get(FOLLOWED) not in names:
-        state[FOLLOWED] = default_followed(listed)
-    follow = st.selectbox("Follow run", names, key=FOLLOWED)
+    if state.get(panel.followed) not in names:
+        state[panel.followed] = default_followed(listed)
+    follow = st.selectbox("Follow run", names, key=panel.followed)
     compared = st.multiselect("Compare runs (two)", names, default=names[:2], max_selections=2,
-                              key="pretrain.compare")
+                              key=f"{panel.key}.compare")
     if compared:
-        st.plotly_chart(curves_figure({name: runs.read_metrics(by_name[name]) for name in compared}, LOSS_TERMS),
-                        key="pretrain.compare.losses")
+        st.plotly_chart(curves_figure({name: runs.read_metrics(by_name[name]) for name in compared},
+                                      panel.curve_terms), key=f"{panel.key}.compare.losses")
     return by_name[follow]

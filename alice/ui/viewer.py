@@ -29,7 +29,8 @@ DEFAULT_LABEL_OPACITY = 0.4
 
 def tri_planar_viewer(key: str, image: Volume, label: Volume | None = None,
                       label_names: dict[int, str] | None = None, *, case_key: str | None = None,
-                      crosshair_ijk=None, overlays: tuple[viz.HeatOverlay | viz.RGBOverlay, ...] = (),
+                      crosshair_ijk=None,
+                      overlays: tuple[viz.HeatOverlay | viz.RGBOverlay | viz.LabelOverlay, ...] = (),
                       markers: tuple[viz.Marker, ...] = (), height_px: int = 380,
                       labels_shown: bool = True) -> viz.VoxelReadout:
     """Draw the viewer and return what the crosshair points at.
@@ -42,9 +43,9 @@ def tri_planar_viewer(key: str, image: Volume, label: Volume | None = None,
         case_key: identifies the case, so the crosshair and window are remembered per case (default: the
             image's file, else a hash of its voxels).
         crosshair_ijk: move the crosshair here (applied when it changes, so the user can click afterwards).
-        overlays: heat maps or colour pictures on the image's grid, drawn over the labels in order. Keep their
-            volumes cached between reruns (e.g. ``st.cache_resource``): each new ``Volume`` object is hashed once
-            to key the slice cache.
+        overlays: heat maps, colour pictures or label maps on the image's grid, drawn over the labels in order.
+            Keep their volumes cached between reruns (e.g. ``st.cache_resource``): each new ``Volume`` object is
+            hashed once to key the slice cache.
         markers: points in world mm; drawn filled on their own slice and hollow on the others.
         height_px: height of each view.
         labels_shown: whether the label toggle starts on (e.g. off where a heat map should stand out).
@@ -90,8 +91,12 @@ def tri_planar_viewer(key: str, image: Volume, label: Volume | None = None,
             label, token[1], plane, view.ijk[viz.PLANE_SPECS[plane].fixed_axis])})
         st.html(legend_html(visible, label_names, readout.label))
     for overlay in overlays:
-        st.html(heat_legend_html(overlay) if isinstance(overlay, viz.HeatOverlay) else
-                f"<div style='font-size:0.85rem'><b>{html.escape(overlay.name)}</b></div>")
+        if isinstance(overlay, viz.HeatOverlay):
+            st.html(heat_legend_html(overlay))
+        elif isinstance(overlay, viz.LabelOverlay):
+            st.html(label_overlay_legend_html(overlay))
+        else:
+            st.html(f"<div style='font-size:0.85rem'><b>{html.escape(overlay.name)}</b></div>")
     return readout
 
 
@@ -139,6 +144,16 @@ def legend_html(values: list[int], names: dict[int, str], current: int | None) -
                      f"background:{viz.label_color_hex(value)};display:inline-block'></span>{name}</span>")
     return (f"<div style='font-size:0.85rem;line-height:1.4'><b>Structures in these slices ({len(values)})</b>"
             f"<div style='max-height:11rem;overflow-y:auto'>{''.join(items)}</div></div>")
+
+
+def label_overlay_legend_html(overlay: viz.LabelOverlay) -> str:
+    """The overlay's name and a colour swatch for each value it draws."""
+    values = [v for v in overlay.names if overlay.shown is None or v in overlay.shown]
+    items = "".join(f"<span style='display:inline-flex;align-items:center;gap:4px;margin:0 12px 4px 0'>"
+                    f"<span style='width:12px;height:12px;border-radius:2px;background:{overlay.color_hex(v)};"
+                    f"display:inline-block'></span>{html.escape(overlay.names[v])}</span>" for v in values)
+    return (f"<div style='font-size:0.85rem;line-height:1.4'><b>{html.escape(overlay.name)}</b>"
+            f"<div>{items or 'nothing selected'}</div></div>")
 
 
 def heat_legend_html(overlay: viz.HeatOverlay) -> str:

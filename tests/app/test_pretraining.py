@@ -2,7 +2,6 @@
 
 import os
 import shutil
-import time
 
 import pytest
 import torch
@@ -13,6 +12,7 @@ from alice.errors import InputError
 from alice.pretrain.config import LossConfig
 from alice.pretrain.train import pretrain
 from alice.ui import runs as run_panels
+from tests.app.jobs import wait_until_done
 from tests.pretrain.conftest import tiny_pretrain_config, write_cohort
 
 MAIN = str(paths.REPO_ROOT / "app" / "main.py")
@@ -110,12 +110,7 @@ def test_start_launches_a_background_job_that_the_page_follows(sample_cohort_ava
     assert not at.error, [e.value for e in at.error]
     (listed,) = runs.list_runs("alice")
     assert at.selectbox(key="pretrain.follow").value == listed["name"]
-    deadline = time.monotonic() + 600  # generous: a loaded 2-core machine starts torch slowly
-    while (runs.read_status(listed["path"]) or {}).get("state") in runs.ACTIVE_STATES:
-        assert time.monotonic() < deadline, (listed["path"] / runs.CONSOLE_FILE).read_text()
-        time.sleep(1)
-    status = runs.read_status(listed["path"])
-    assert status["state"] == "finished", (listed["path"] / runs.CONSOLE_FILE).read_text()
+    wait_until_done(listed["path"])
     at.run()
     assert at.dataframe[0].value["step"].tolist() == [2]
     assert len(at.get("plotly_chart")) == 3

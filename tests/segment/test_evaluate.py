@@ -51,6 +51,15 @@ def test_a_comparison_resumes_an_interrupted_run_and_reuses_finished_ones(labell
     assert last.stat().st_mtime_ns == written
 
 
+def test_ablations_can_run_fewer_seeds(labelled_cohort, alice_checkpoint):
+    base = tiny_finetune_config(labelled_cohort, steps=1)
+    result = compare_methods(alice_checkpoint, {"no_cafa": str(alice_checkpoint)}, seeds=[0, 1], methods=["scratch"],
+                             base=base, ablation_seeds=[1])
+    assert result["methods"]["scratch"]["seeds"] == [0, 1] and result["methods"]["no_cafa"]["seeds"] == [1]
+    assert (paths.runs_dir("segment") / "no_cafa-seed1").is_dir()
+    assert not (paths.runs_dir("segment") / "no_cafa-seed0").exists()
+
+
 def test_ensure_run_resumes_a_stopped_run_and_refuses_another_config(labelled_cohort, tmp_path):
     config = tiny_finetune_config(labelled_cohort, steps=3)
     finetune(config, tmp_path / "run", progress=stop_after_step_2(tmp_path / "run"))

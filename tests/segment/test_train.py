@@ -32,6 +32,18 @@ def test_a_short_fine_tune_lowers_the_loss_and_fills_the_run_folder(finished_run
     assert config.data.manifest == str(labelled_cohort.resolve()) and config.data.train_cases == 2
 
 
+def test_the_new_head_learns_faster_than_the_backbone_and_every_parameter_is_optimised(finished_run):
+    payload = load_segmentation_checkpoint(runs.checkpoint_path(finished_run))
+    config = FinetuneConfig.from_dict(payload["config"])
+    groups = payload["optimizer"]["param_groups"]
+    assert [g["lr_scale"] for g in groups] == [1.0, 1.0, config.optim.head_lr_scale, config.optim.head_lr_scale]
+    backbone, head = groups[0]["lr"], groups[2]["lr"]
+    assert backbone > 0 and head == pytest.approx(config.optim.head_lr_scale * backbone)
+    assert [g["weight_decay"] > 0 for g in groups] == [True, False, True, False]  # none on biases and norms
+    optimised = sum(len(g["params"]) for g in groups)
+    assert optimised == len(payload["model"]) - sum(1 for k in payload["model"] if "running" in k or "tracked" in k)
+
+
 def test_unlabelled_cases_are_skipped_with_a_warning(finished_run):
     log = (finished_run / "train.log").read_text()
     assert "nolabel: no label map; skipped" in log and "training cases ['case0', 'case1']" in log
