@@ -36,6 +36,14 @@ def run_minutes(run_dir: Path) -> float:
     return (last - first).total_seconds() / 60
 
 
+def pretraining_minutes(source: str) -> float | None:
+    """Summed step time of a pretraining run folder (None for a checkpoint file or bundle)."""
+    from alice import runs
+
+    metrics = runs.read_metrics(source) if Path(source).is_dir() else []
+    return sum(m.get("seconds_per_step", 0.0) for m in metrics) / 60 if metrics else None
+
+
 def inference_seconds(run_dir: Path, repeats: int = 3) -> tuple[str, float]:
     """(case id, median seconds) of predicting the first held-out case with the run's network."""
     from alice import paths
@@ -77,8 +85,10 @@ def main() -> None:
     parser.add_argument("--ablation-seeds", type=int, nargs="+", default=[0])
     args = parser.parse_args()
 
-    from alice import paths
+    from alice import paths, runs
     from alice.segment.evaluate import compare_methods
+    from alice.pretrain.train import load_checkpoint
+    from alice.segment.train import FinetuneConfig
 
     ablations = dict(item.split("=", 1) for item in args.ablation)
     started = time.perf_counter()
@@ -88,23 +98,33 @@ def main() -> None:
 
     run_dirs = [Path(r["run"]) for m in result["methods"].values() for r in m["per_seed"].values()]
     minutes = {d.name: run_minutes(d) for d in run_dirs}
+    # The goal is about a default run: the scratch and Alice runs (the ablations only change the initialisation).
+    main_minutes = [v for k, v in minutes.items() if k.split("-seed")[0] in ("scratch", "alice")]
     case_id, seconds = inference_seconds(next(d for d in run_dirs if d.name.startswith("alice-")))
     scratch, alice = result["methods"]["scratch"]["dice_mean"], result["methods"]["alice"]["dice_mean"]
+    config = FinetuneConfig.from_dict(runs.read_config(run_dirs[0]))
+    shipped_steps = load_checkpoint(paths.alice_checkpoint())["step"]
+    pretraining = {name: (runs.read_config(path) or {}).get("run", {}).get("steps") for name, path in ablations.items()}
     command = "python bench/bench_segmentation.py " + " ".join(f"--ablation {a}" for a in args.ablation)
     text = (f"{HEADING}\n\nCommand: `{command}` (the same comparison as `alice eval segmentation --seeds "
             f"{' '.join(map(str, args.seeds))} --ablation-seeds {' '.join(map(str, args.ablation_seeds))} "
             f"{' '.join('--ablation ' + a for a in args.ablation)} --json`); machine: {machine()}; "
             f"date: {now()}. Full output: bench/segmentation.json.\n\n"
-            f"(a) Fine-tuned on 4 labelled pseudo-subjects (pseudo01-04, `cpu-tiny` nnFormer, organs label set, "
-            f"600 steps), scored on the held-out test pseudo-subjects (never seen by SAM training, pretraining or "
-            f"fine-tuning); mean Dice over the 9 structures per run, then mean and std over seeds:\n\n"
+            f"(a) Fine-tuned on {config.data.train_cases} labelled training pseudo-subjects (`cpu-tiny` nnFormer, "
+            f"{config.data.label_set} label set, {config.run.steps} steps), scored on the held-out test pseudo-subjects (never seen by SAM training, pretraining or "
+            f"fine-tuning); mean Dice over the 9 structures per run, then mean and std over seeds. The ablations "
+            f"fine-tune from pretraining runs of " + ", ".join(f"{n}: {k} steps" for n, k in pretraining.items())
+            + f" (the shipped `alice` checkpoint: {shipped_steps} steps):\n\n"
             f"{table(result)}\n\n"
             f"Alice - scratch: {100 * (alice - scratch):+.2f} Dice points (goal: at least +2).\n\n"
-            f"(b) Fine-tuning run wall time (training and validation), minutes: median "
-            f"{statistics.median(minutes.values()):.1f}, max {max(minutes.values()):.1f} over {len(minutes)} runs "
-            f"(goal <= 10); all {len(minutes)} together {sum(minutes.values()):.0f} min (goal for the whole "
-            f"comparison <= 150 min; the ablations' short pretraining runs are not included). This script: "
-            f"{comparison_minutes:.1f} min (finished runs reused, only their scores recomputed where stale).\n\n"
+            f"(b) Fine-tuning run wall time (training and validation), minutes, scratch and Alice runs: median "
+            f"{statistics.median(main_minutes):.1f}, max {max(main_minutes):.1f} over {len(main_minutes)} runs "
+            f"(goal <= 10); all {len(minutes)} fine-tuning runs together {sum(minutes.values()):.0f} min (goal for "
+            f"the whole comparison <= 150 min), plus the ablations' pretraining runs (summed step time): "
+            + ", ".join(f"{name} {pretraining_minutes(path):.1f} min" for name, path in ablations.items()
+                        if pretraining_minutes(path) is not None)
+            + f". This script: "
+            f"{comparison_minutes:.1f} min (finished runs reused).\n\n"
             f"(c) Inference of {case_id} (whole case, sliding window): {seconds:.1f} s median of 3 (goal <= 20 s).\n")
     write_section(HEADING, text)
     print(json.dumps({"comparison": result, "run_minutes": minutes, "inference_seconds": seconds}, indent=2))

@@ -76,11 +76,13 @@ class ProjectionHead(nn.Module):
 
         Returns:
             ``cls_out`` (B, out_dim), ``enc_out`` (B, N_enc, patch_out_dim), ``dec_out`` (B, N_dec, patch_out_dim):
-            prototype scores (logits) before any temperature.
+            prototype scores (logits) before any temperature; ``cls_embedding`` (B, bottleneck_dim), the unit
+            vector the cls scores are taken from.
         """
         n_enc = enc_tokens.shape[1]
         x = torch.cat([cls[:, None], self.enc_adapter(enc_tokens), self.dec_adapter(dec_tokens)], dim=1)
         x = F.normalize(self.mlp(x), dim=-1)  # (B, 1 + N_enc + N_dec, bottleneck)
         patch_layer = self.last_layer if self.patch_last_layer is None else self.patch_last_layer
         tokens = patch_layer(x[:, 1:])
-        return {"cls_out": self.last_layer(x[:, 0]), "enc_out": tokens[:, :n_enc], "dec_out": tokens[:, n_enc:]}
+        return {"cls_out": self.last_layer(x[:, 0]), "enc_out": tokens[:, :n_enc], "dec_out": tokens[:, n_enc:],
+                "cls_embedding": x[:, 0]}

@@ -92,6 +92,9 @@ class LossConfig:
         teacher_temp: teacher temperature after the warm-up.
         teacher_temp_warmup_steps: steps of the linear teacher-temperature warm-up (a shorter run ends during it).
         centre_momentum: EMA momentum of the cls and patch centres.
+        uniformity_weight: weight of a uniformity term on the student's cls embeddings against a queue of recent
+            teacher ones (``alice.pretrain.losses.UniformityLoss``; not in Alice; 0 = off, the paper).
+        uniformity_queue: teacher cls embeddings in that queue.
         cafa: align tokens with CAFA; off = direct same-view CE between student and teacher decoder tokens.
         kv_source: keys/values of the teacher branch: ``teacher_encoder`` (paper) or ``teacher_decoder`` (code).
         target_attn: attention of the teacher branch: ``ema`` copy (paper) or ``shared`` with the student (code).
@@ -106,6 +109,8 @@ class LossConfig:
     teacher_temp: float = 0.01
     teacher_temp_warmup_steps: int = 7500
     centre_momentum: float = 0.9
+    uniformity_weight: float = 0.0
+    uniformity_queue: int = 256
     cafa: bool = True
     kv_source: str = "teacher_encoder"
     target_attn: str = "ema"
@@ -292,6 +297,8 @@ def validate(config: PretrainConfig) -> None:
     check(loss.teacher_temp_warmup_steps >= 0,
           f"loss.teacher_temp_warmup_steps={loss.teacher_temp_warmup_steps} must not be negative")
     check(0 <= loss.centre_momentum < 1, f"loss.centre_momentum={loss.centre_momentum:g} is not in [0, 1)")
+    check(loss.uniformity_weight >= 0, f"loss.uniformity_weight={loss.uniformity_weight:g} must not be negative")
+    check(loss.uniformity_queue >= 1, f"loss.uniformity_queue={loss.uniformity_queue} must be at least 1")
     check(loss.kv_source in KV_SOURCES, f"loss.kv_source={loss.kv_source!r} is not one of {list(KV_SOURCES)}")
     check(loss.target_attn in TARGET_ATTNS,
           f"loss.target_attn={loss.target_attn!r} is not one of {list(TARGET_ATTNS)}")

@@ -13,6 +13,8 @@ Centres follow ``c = m c + (1 - m) mean(teacher)``, with the mean taken over eve
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -94,6 +96,49 @@ class PatchLoss(CenteredCrossEntropy):
         if student.shape != teacher.shape:
             raise ValueError(f"student tokens {tuple(student.shape)} and teacher tokens {tuple(teacher.shape)} differ")
         return self.cross_entropy(student, teacher, teacher_temp)
+
+
+class UniformityLoss(nn.Module):
+    """Uniformity of the student's cls embeddings (Wang and Isola, ICML 2020) against a queue of recent teacher cls
+    embeddings: ``log mean_j exp(-t * |z - q_j|^2)``, averaged over the batch; it falls as the embeddings spread.
+
+    Not part of Alice. With one view pair per step, the cls branch can map every input to one unit vector at which
+    all prototype scores tie: the teacher targets and the student predictions are then uniform, the cls loss sits
+    at ln(out_dim) and gives no signal. Pushing each embedding away from those of recent other crops prevents that
+    state; the query/key views of one pair are still pulled together by the cls loss.
+
+    Args:
+        dim: width of the embeddings (the head's bottleneck).
+        queue_size: teacher embeddings kept (from every rank, newest first).
+        t: the kernel's sharpness (2 in the paper).
+    """
+
+    def __init__(self, dim: int, queue_size: int, t: float = 2.0):
+        super().__init__()
+        self.t = t
+        self.register_buffer("queue", torch.zeros(queue_size, dim))
+        self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """``embeddings``: (B, dim) unit vectors; the loss as a scalar (0 while the queue is empty)."""
+        filled = int(self.queue_filled)
+        if filled == 0:
+            return embeddings.sum() * 0.0
+        squared = (2 - 2 * embeddings.float() @ self.queue[:filled].T).clamp_min(0)  # unit vectors
+        return (torch.logsumexp(-self.t * squared, dim=1) - math.log(filled)).mean()
+
+    @torch.no_grad()
+    def update_queue(self, embeddings: torch.Tensor) -> None:
+        """Push the teacher's embeddings of this step (every rank's) in front of the queue."""
+        new = embeddings.detach().float()
+        if distributed():
+            gathered = [torch.empty_like(new) for _ in range(dist.get_world_size())]
+            dist.all_gather(gathered, new)
+            new = torch.cat(gathered)
+        size = len(self.queue)
+        new = new[:size]
+        self.queue.copy_(torch.cat([new, self.queue[:size - len(new)]]))
+        self.queue_filled.fill_(min(size, int(self.queue_filled) + len(new)))
 
 
 def reconstruction_loss(reconstruction: torch.Tensor, target: torch.Tensor,

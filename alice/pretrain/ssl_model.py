@@ -19,7 +19,7 @@ from torch import nn
 
 from alice.models.build import build_backbone, build_cafa, build_head
 from alice.pretrain.config import PretrainConfig
-from alice.pretrain.losses import ClsLoss, PatchLoss, reconstruction_loss
+from alice.pretrain.losses import ClsLoss, PatchLoss, UniformityLoss, reconstruction_loss
 from alice.pretrain.views import PairBatch
 
 
@@ -74,16 +74,20 @@ class AliceSSL(nn.Module):
         rec_weight: lambda3.
         rec_masked_only: reconstruction MSE over masked voxels only.
         kv_source: ``teacher_encoder`` or ``teacher_decoder``: keys/values of CAFA's branch T.
+        uniformity: the uniformity term on the cls embeddings, or None (the paper).
+        uniformity_weight: its weight.
     """
 
     def __init__(self, student: Student, teacher: Teacher, cls_loss: ClsLoss, patch_loss: PatchLoss,
-                 cls_weight: float, patch_weight: float, rec_weight: float, rec_masked_only: bool, kv_source: str):
+                 cls_weight: float, patch_weight: float, rec_weight: float, rec_masked_only: bool, kv_source: str,
+                 uniformity: UniformityLoss | None = None, uniformity_weight: float = 0.0):
         super().__init__()
         self.student = student
         self.teacher = teacher
         self.cls_loss = cls_loss
         self.patch_loss = patch_loss
-        self.weights = {"cls": cls_weight, "patch": patch_weight, "rec": rec_weight}
+        self.uniformity = uniformity  # registered only when used, so other checkpoints keep their keys
+        self.weights = {"cls": cls_weight, "patch": patch_weight, "rec": rec_weight, "uniformity": uniformity_weight}
         self.rec_masked_only = rec_masked_only
         self.kv_source = kv_source
         self.teacher.requires_grad_(False)
@@ -106,8 +110,11 @@ class AliceSSL(nn.Module):
             student: the student to run (its DDP wrapper when distributed); default ``self.student``.
 
         Returns:
-            ``loss`` (with gradient), ``loss/cls``, ``loss/patch``, ``loss/rec``; ``cls_agreement`` (fraction of
-            cross-view pairs whose teacher and student cls argmax agree); ``masks`` (2B, 1, R, R, R);
+            ``loss`` (with gradient), ``loss/cls``, ``loss/patch``, ``loss/rec``, ``loss/uniformity`` (0 when off);
+            ``cls_agreement`` (fraction of cross-view pairs whose teacher and student cls argmax agree);
+            ``cls_logit_range`` (the teacher's highest minus lowest cls prototype score, mean over crops: near 0
+            when every prototype ties, the collapsed state); ``teacher_cls_embedding``, what the uniformity queue
+            follows; ``masks`` (2B, 1, R, R, R);
             ``recon`` (2B, 1, R, R, R); ``cafa_attn`` (2B, heads, N_enc, N_kv) of branch S (absent with CAFA
             off); ``teacher_cls`` and ``teacher_tokens``, the targets the centres follow; ``student_tokens``, the
             student's side of the token loss (same shape as ``teacher_tokens``). Rows [0, B) are
@@ -133,15 +140,20 @@ class AliceSSL(nn.Module):
             target_tokens, student_tokens = teacher_out["dec_out"], out["dec_out"]
         loss_patch = self.patch_loss(student_tokens, target_tokens, teacher_temp)
         loss_rec = reconstruction_loss(out["recon"], images, masks if self.rec_masked_only else None)
+        loss_uniformity = (self.uniformity(out["cls_embedding"]) if self.uniformity is not None
+                           else loss_rec.new_zeros(()))
         loss = (self.weights["cls"] * loss_cls + self.weights["patch"] * loss_patch
-                + self.weights["rec"] * loss_rec)
+                + self.weights["rec"] * loss_rec + self.weights["uniformity"] * loss_uniformity)
 
         with torch.no_grad():
             teacher_class, student_class = t_cls.argmax(dim=-1), s_cls.argmax(dim=-1)
             agreement = (torch.cat([teacher_class[:n] == student_class[n:], teacher_class[n:] == student_class[:n]])
                          .float().mean())
+            logit_range = (t_cls.max(dim=-1).values - t_cls.min(dim=-1).values).float().mean()
         result = {"loss": loss, "loss/cls": loss_cls.detach(), "loss/patch": loss_patch.detach(),
-                  "loss/rec": loss_rec.detach(), "cls_agreement": agreement, "masks": masks,
+                  "loss/rec": loss_rec.detach(), "loss/uniformity": loss_uniformity.detach(),
+                  "cls_agreement": agreement, "cls_logit_range": logit_range,
+                  "teacher_cls_embedding": teacher_out["cls_embedding"].detach(), "masks": masks,
                   "recon": out["recon"].detach(), "teacher_cls": t_cls.detach(),
                   "teacher_tokens": target_tokens.detach(), "student_tokens": student_tokens.detach()}
         if "cafa_attn" in out:
@@ -150,9 +162,12 @@ class AliceSSL(nn.Module):
 
     @torch.no_grad()
     def update_centres(self, losses: dict[str, torch.Tensor]) -> None:
-        """Move both centres towards the teacher outputs of ``compute_losses`` (all-reduced when distributed)."""
+        """Move both centres towards the teacher outputs of ``compute_losses`` (all-reduced when distributed), and
+        push the teacher's cls embeddings into the uniformity queue."""
         self.cls_loss.update_centre(losses["teacher_cls"])
         self.patch_loss.update_centre(losses["teacher_tokens"])
+        if self.uniformity is not None:
+            self.uniformity.update_queue(losses["teacher_cls_embedding"])
 
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
@@ -175,5 +190,7 @@ def build_ssl_model(config: PretrainConfig) -> AliceSSL:
     teacher = Teacher(build_backbone(model), build_head(model, shared_last_layer=True), teacher_cafa)
     cls_loss = ClsLoss(model.head_out_dim, loss.student_temp, loss.centre_momentum)
     patch_loss = PatchLoss(model.head_patch_out_dim, loss.student_temp, loss.centre_momentum)
+    uniformity = (UniformityLoss(model.head_bottleneck_dim, loss.uniformity_queue) if loss.uniformity_weight > 0
+                  else None)
     return AliceSSL(student, teacher, cls_loss, patch_loss, loss.cls_weight, loss.patch_weight, loss.rec_weight,
-                    loss.rec_masked_only, loss.kv_source)
+                    loss.rec_masked_only, loss.kv_source, uniformity, loss.uniformity_weight)

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_KIND = "alice"
 FORMAT_VERSION = 1
-METRIC_KEYS = ("loss", "loss/cls", "loss/patch", "loss/rec", "cls_agreement")
+METRIC_KEYS = ("loss", "loss/cls", "loss/patch", "loss/rec", "loss/uniformity", "cls_agreement", "cls_logit_range")
 
 
 @dataclass(frozen=True)
@@ -104,9 +104,12 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def fingerprint(model: AliceSSL) -> str:
-    """SHA-256 of the student's weights and both centres: equal on every rank of a healthy run."""
+    """SHA-256 of the student's weights, both centres and the uniformity queue: equal on every rank of a healthy
+    run."""
     digest = hashlib.sha256()
     tensors = [*model.student.state_dict().values(), model.cls_loss.centre, model.patch_loss.centre]
+    if model.uniformity is not None:
+        tensors.append(model.uniformity.queue)
     for tensor in tensors:
         digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
@@ -333,9 +336,10 @@ def _log_metrics(out_dir: Path, tensorboard, model: AliceSSL, step: int, total: 
     tensorboard.flush()
     eta = mean["seconds_per_step"] * (total - step)
     runs.write_status(out_dir, "running", step, total, f"step {step}/{total}, loss {record['loss']:.4f}", eta)
-    log.info("step %d/%d loss %.4f (cls %.4f, patch %.4f, rec %.4f) agreement %.2f lr %.2e %.2f s/step", step,
-             total, record["loss"], record["loss/cls"], record["loss/patch"], record["loss/rec"],
-             record["cls_agreement"], record["lr"], record["seconds_per_step"])
+    log.info("step %d/%d loss %.4f (cls %.4f, patch %.4f, rec %.4f, uniformity %.4f) agreement %.2f cls logit "
+             "range %.3f lr %.2e %.2f s/step", step, total, record["loss"], record["loss/cls"], record["loss/patch"],
+             record["loss/rec"], record["loss/uniformity"], record["cls_agreement"], record["cls_logit_range"],
+             record["lr"], record["seconds_per_step"])
 
 
 def _rng_state(sampler: PairSampler) -> dict:

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 KIND = "alice"
 FOLLOWED = "pretrain.follow"
-LOSS_TERMS = ("loss", "loss/cls", "loss/patch", "loss/rec", "cls_agreement")
+LOSS_TERMS = ("loss", "loss/cls", "loss/patch", "loss/rec", "cls_agreement", "cls_logit_range")
 SCHEDULE_TERMS = ("lr", "wd", "momentum", "teacher_temp")
 POLL_SECONDS = 2
 

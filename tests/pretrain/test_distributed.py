@@ -17,7 +17,9 @@ from tests.pretrain.conftest import tiny_pretrain_config
 @pytest.mark.slow
 def test_two_gloo_ranks_end_with_identical_students_and_centres(tiny_cohort, tmp_path):
     config = tiny_pretrain_config(tiny_cohort, steps=3)
-    config = dataclasses.replace(config, optim=dataclasses.replace(config.optim, grad_accumulation=2))
+    # The uniformity queue is all-gathered: the fingerprints below include it.
+    config = dataclasses.replace(config, optim=dataclasses.replace(config.optim, grad_accumulation=2),
+                                 loss=dataclasses.replace(config.loss, uniformity_weight=0.5))
     config_file = save_config(config, tmp_path / "config.yaml")
     out = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -30,7 +32,7 @@ def test_two_gloo_ranks_end_with_identical_students_and_centres(tiny_cohort, tmp
 
     payload = load_checkpoint(runs.checkpoint_path(out))
     assert payload["world_size"] == 2 and len(payload["rng"]) == 2
-    # Each rank hashed its own student weights and centres before rank 0 saved: all equal.
+    # Each rank hashed its own student weights, centres and uniformity queue before rank 0 saved: all equal.
     first, second = payload["rank_fingerprints"]
     assert first == second
     model = build_ssl_model(PretrainConfig.from_dict(payload["config"]))

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from alice.pretrain.losses import ClsLoss, PatchLoss, reconstruction_loss
+from alice.pretrain.losses import ClsLoss, PatchLoss, UniformityLoss, reconstruction_loss
 
 
 def test_cross_entropy_golden_value_with_centering_and_sharpening():
@@ -54,6 +54,24 @@ def test_centres_are_an_ema_of_the_teacher_mean_with_their_own_shapes():
     patch_loss.update_centre(tokens)
     torch.testing.assert_close(patch_loss.centre, torch.tensor([[[0.45, 0.55, 0.65]]]))
     assert "centre" in dict(patch_loss.named_buffers())
+
+
+def test_uniformity_is_lower_for_spread_embeddings_and_the_queue_keeps_the_newest_first():
+    loss = UniformityLoss(dim=8, queue_size=5)
+    collapsed = torch.nn.functional.normalize(torch.ones(4, 8), dim=1)
+    assert loss(collapsed).item() == 0.0  # nothing queued yet
+    loss.update_queue(collapsed[:3])
+    loss.update_queue(torch.eye(8)[:3])
+    assert int(loss.queue_filled) == 5
+    torch.testing.assert_close(loss.queue[:3], torch.eye(8)[:3])  # newest first, the oldest row dropped
+    torch.testing.assert_close(loss.queue[3:], collapsed[:2])
+    # Against the queue, embeddings equal to a queued one score higher (worse) than ones away from all of them.
+    spread = torch.eye(8)[4:8]
+    assert loss(spread).item() < loss(collapsed).item()
+    # At distance d from every queued vector the value is -t d^2.
+    orthogonal = torch.eye(8)[[3]] * 0.6 + torch.eye(8)[[4]] * 0.8
+    expected = torch.logsumexp(-2.0 * (2 - 2 * orthogonal @ loss.queue.T), dim=1) - math.log(5)
+    assert loss(orthogonal).item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_patch_loss_refuses_mismatched_tokens():

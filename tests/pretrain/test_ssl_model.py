@@ -108,3 +108,18 @@ def test_rec_masked_only_uses_the_masked_voxels(batch):
     masks = out["masks"]
     expected = ((out["recon"] - images) ** 2)[masks].mean()
     assert out["loss/rec"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_the_uniformity_term_is_off_by_default_and_follows_the_teacher_when_on(batch):
+    assert build().uniformity is None
+    assert not any("uniformity" in key for key in build().state_dict())  # other checkpoints keep their keys
+    model = build(uniformity_weight=0.5, uniformity_queue=6).train()
+    first = model.compute_losses(batch, teacher_temp=0.01)
+    assert first["loss/uniformity"].item() == 0.0  # empty queue
+    model.update_centres(first)
+    assert int(model.uniformity.queue_filled) == 4
+    torch.testing.assert_close(model.uniformity.queue[:4], first["teacher_cls_embedding"])
+    out = model.compute_losses(batch, teacher_temp=0.01)
+    expected = out["loss/cls"] + out["loss/patch"] + out["loss/rec"] + 0.5 * out["loss/uniformity"]
+    assert out["loss/uniformity"].item() < 0 and out["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert 0 < out["cls_logit_range"].item() <= 2  # cosine scores of unit prototypes

@@ -11,7 +11,8 @@ from alice.pretrain.config import PretrainConfig, ViewConfig, save_config
 from alice.pretrain.train import load_checkpoint, pretrain
 from tests.pretrain.conftest import tiny_pretrain_config
 
-METRIC_KEYS = {"step", "loss", "loss/cls", "loss/patch", "loss/rec", "cls_agreement", "lr", "wd", "momentum",
+METRIC_KEYS = {"step", "loss", "loss/cls", "loss/patch", "loss/rec", "loss/uniformity", "cls_agreement",
+               "cls_logit_range", "lr", "wd", "momentum",
                "teacher_temp", "centre_norm/cls", "centre_norm/patch", "seconds_per_step"}
 
 
