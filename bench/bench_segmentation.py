@@ -41,7 +41,11 @@ def pretraining_minutes(source: str) -> float | None:
     from alice import runs
 
     metrics = runs.read_metrics(source) if Path(source).is_dir() else []
-    return sum(m.get("seconds_per_step", 0.0) for m in metrics) / 60 if metrics else None
+    if not metrics:
+        return None
+    # Each record holds the mean step time since the previous one (logged every few steps).
+    steps = [0] + [m["step"] for m in metrics]
+    return sum(m["seconds_per_step"] * (step - before) for m, step, before in zip(metrics, steps[1:], steps)) / 60
 
 
 def inference_seconds(run_dir: Path, repeats: int = 3) -> tuple[str, float]:
