@@ -21,8 +21,10 @@ def test_outputs_have_prototype_widths_and_adapters_follow_the_feature_size(feat
     head = build_head(config)
     assert head.enc_adapter.in_features == 8 * feature_size and head.dec_adapter.in_features == 4 * feature_size
     out = head(*head_inputs(config))
-    assert tuple(out) == ("cls_out", "enc_out", "dec_out")
+    assert tuple(out) == ("cls_out", "enc_out", "dec_out", "cls_embedding")
     assert out["cls_out"].shape == (2, 40)
+    torch.testing.assert_close(out["cls_embedding"].norm(dim=-1), torch.ones(2))  # the unit vector behind cls_out
+    assert out["cls_embedding"].shape == (2, config.head_bottleneck_dim)
     assert out["enc_out"].shape == (2, 8, 56) and out["dec_out"].shape == (2, 64, 56)
 
 
