@@ -427,6 +427,13 @@ def _finetune_arguments(command: argparse.ArgumentParser) -> None:
                               "--set optim.lr=1e-4 --set data.label_set=btcv")
 
 
+def _run_folder_arguments(parser: argparse.ArgumentParser, default_folder: str) -> None:
+    """--out and --resume of a training command; ``default_folder`` is the run folder under <workspace>/runs."""
+    parser.add_argument("--out", type=Path, help=f"run folder (default: <workspace>/runs/{default_folder})")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from checkpoints/last.pt (the config must not change)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alice", description="Alice Explorer: self-supervised learning for 3D CT.")
     parser.add_argument("--version", action="version", version=f"alice {__version__}")
@@ -619,9 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--config", type=Path, help="YAML file overriding the preset")
     pretrain.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                           help="override one config value by its dotted key (repeatable)")
-    pretrain.add_argument("--out", type=Path, help="run folder (default: <workspace>/runs/alice/<time>-<preset>)")
-    pretrain.add_argument("--resume", action="store_true",
-                          help="continue the run in --out from checkpoints/last.pt (the config must not change)")
+    _run_folder_arguments(pretrain, "alice/<time>-<preset>")
     pretrain.set_defaults(func=cmd_pretrain)
 
     ship = commands.add_parser(
@@ -654,9 +659,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "exported backbone bundle (its architecture is used)")
     finetune.add_argument("--seed", type=int, help="seed of the head, crops and dropout (default: 0)")
     _finetune_arguments(finetune)
-    finetune.add_argument("--out", type=Path, help="run folder (default: <workspace>/runs/segment/<time>-<init>)")
-    finetune.add_argument("--resume", action="store_true",
-                          help="continue the run in --out from checkpoints/last.pt (the config must not change)")
+    _run_folder_arguments(finetune, "segment/<time>-<init>")
     finetune.set_defaults(func=cmd_finetune)
 
     predict = commands.add_parser(

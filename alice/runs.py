@@ -176,6 +176,16 @@ def clear_stop(run_dir: str | Path) -> None:
     (Path(run_dir) / STOP_FILE).unlink(missing_ok=True)
 
 
+def finish_run(run_dir: str | Path, state: str, step: int, total: int, command: str) -> Path:
+    """Record how a training loop ended (``finished`` or ``stopped`` on request) in the status and the log, and
+    return the last checkpoint; ``command`` is the CLI command that resumes the run, e.g. ``alice pretrain``."""
+    message = (f"finished {step} steps" if state == "finished" else
+               f"stopped at step {step} on request; continue with `{command} --resume --out {run_dir}`")
+    write_status(run_dir, state, step, total, message, eta_seconds=0 if state == "finished" else None)
+    logging.getLogger("alice").info("%s", message)
+    return checkpoint_path(run_dir)
+
+
 def list_runs(kind: str) -> list[dict]:
     """Runs of one kind, newest first: ``{"name", "path", "status"}`` (status as ``read_status`` gives it)."""
     root = paths.runs_dir(kind)

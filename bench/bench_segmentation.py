@@ -109,25 +109,28 @@ def main() -> None:
     config = FinetuneConfig.from_dict(runs.read_config(run_dirs[0]))
     shipped_steps = load_checkpoint(paths.alice_checkpoint())["step"]
     pretraining = {name: (runs.read_config(path) or {}).get("run", {}).get("steps") for name, path in ablations.items()}
-    command = "python bench/bench_segmentation.py " + " ".join(f"--ablation {a}" for a in args.ablation)
+    command = " ".join(["python bench/bench_segmentation.py", *(f"--ablation {a}" for a in args.ablation)])
+    ablation_origin = ("The ablations fine-tune from pretraining runs of "
+                       + ", ".join(f"{n}: {k} steps" for n, k in pretraining.items()) if pretraining else
+                       "No ablations in this comparison")
+    ablation_minutes = (", plus the ablations' pretraining runs (summed step time): "
+                        + ", ".join(f"{name} {pretraining_minutes(path):.1f} min" for name, path in ablations.items()
+                                    if pretraining_minutes(path) is not None) if ablations else "")
     text = (f"{HEADING}\n\nCommand: `{command}` (the same comparison as `alice eval segmentation --seeds "
-            f"{' '.join(map(str, args.seeds))} --ablation-seeds {' '.join(map(str, args.ablation_seeds))} "
-            f"{' '.join('--ablation ' + a for a in args.ablation)} --json`); machine: {machine()}; "
+            + " ".join([*map(str, args.seeds), "--ablation-seeds", *map(str, args.ablation_seeds),
+                        *(f"--ablation {a}" for a in args.ablation), "--json"])
+            + f"`); machine: {machine()}; "
             f"date: {now()}. Full output: bench/segmentation.json.\n\n"
             f"(a) Fine-tuned on {config.data.train_cases} labelled training pseudo-subjects (`cpu-tiny` nnFormer, "
             f"{config.data.label_set} label set, {config.run.steps} steps), scored on the held-out test pseudo-subjects (never seen by SAM training, pretraining or "
-            f"fine-tuning); mean Dice over the 9 structures per run, then mean and std over seeds. The ablations "
-            f"fine-tune from pretraining runs of " + ", ".join(f"{n}: {k} steps" for n, k in pretraining.items())
-            + f" (the shipped `alice` checkpoint: {shipped_steps} steps):\n\n"
+            f"fine-tuning); mean Dice over the 9 structures per run, then mean and std over seeds. {ablation_origin}"
+            f" (the shipped `alice` checkpoint: {shipped_steps} steps):\n\n"
             f"{table(result)}\n\n"
             f"Alice - scratch: {100 * (alice - scratch):+.2f} Dice points (goal: at least +2).\n\n"
             f"(b) Fine-tuning run wall time (training and validation), minutes, scratch and Alice runs: median "
             f"{statistics.median(main_minutes):.1f}, max {max(main_minutes):.1f} over {len(main_minutes)} runs "
             f"(goal <= 10); all {len(minutes)} fine-tuning runs together {sum(minutes.values()):.0f} min (goal for "
-            f"the whole comparison <= 150 min), plus the ablations' pretraining runs (summed step time): "
-            + ", ".join(f"{name} {pretraining_minutes(path):.1f} min" for name, path in ablations.items()
-                        if pretraining_minutes(path) is not None)
-            + f". This script: "
+            f"the whole comparison <= 150 min){ablation_minutes}. This script: "
             f"{comparison_minutes:.1f} min (finished runs reused).\n\n"
             f"(c) Inference of {case_id} (whole case, sliding window): {seconds:.1f} s median of 3 (goal <= 20 s).\n")
     write_section(HEADING, text)

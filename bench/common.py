@@ -8,6 +8,8 @@ import platform
 import re
 from pathlib import Path
 
+from alice.atomic import atomic_write_text
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "RESULTS.md"
 
@@ -29,5 +31,6 @@ def write_section(heading: str, text: str) -> None:
     """Replace the section under ``heading`` in RESULTS.md (or append it), keeping every other section."""
     old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
     pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
-    new = pattern.sub(lambda _: text, old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text
-    RESULTS.write_text(new)
+    section = text.rstrip("\n") + "\n\n"  # a blank line before the next section's heading
+    new = pattern.sub(lambda _: section, old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + section
+    atomic_write_text(RESULTS, new.rstrip("\n") + "\n")

@@ -46,7 +46,7 @@ SOURCES = ("alice", "sam", "untrained")
 NETWORKS = ("teacher", "student")
 TOKENS = ("decoder", "encoder")
 SAM_PARTS = ("both", "local", "global")
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: parity-free decoder upsampling (untrained vectors changed)
 NORM_TOLERANCE = 1e-2  # float16 storage keeps unit vectors within ~1e-3 of norm 1
 
 

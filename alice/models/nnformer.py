@@ -3,11 +3,11 @@
 Alice (Jiang et al., ICCV 2023, arXiv 2302.05615) pretrains an nnFormer (Zhou et al., "nnFormer: Volumetric
 Medical Image Segmentation via a 3D Transformer", IEEE TIP 2023): a convolutional patch embedding, four
 stages of 3D Swin window attention with shifted windows and strided-conv patch merging, a decoder with
-transposed-conv upsampling whose first block per stage attends from the upsampled tokens to the encoder skip,
+upsampling whose first block per stage attends from the upsampled tokens to the encoder skip,
 and a transposed conv back to the input resolution. Written from the method description; it departs from the
 official code where that code is broken: the absolute position embedding is a learned parameter (saved, EMA'd
-and exported with the weights), and every token map is flattened in one (X, Y, Z) C order (see
-``alice.models.tokens``).
+and exported with the weights), every token map is flattened in one (X, Y, Z) C order (see
+``alice.models.tokens``), and the decoder upsamples by interpolation, not by transposed convs (``PatchExpanding``).
 
 Layout: (B, C, X, Y, Z) at the module boundary; channel-last (B, X, Y, Z, C) inside the attention stages.
 """
@@ -226,15 +226,25 @@ class PatchMerging(nn.Module):
 
 
 class PatchExpanding(nn.Module):
-    """Double the grid and halve the width with a 2x2x2 transposed conv."""
+    """Double the grid and halve the width: a linear map, then nearest-neighbour upsampling.
+
+    nnFormer upsamples with a 2x2x2 stride-2 transposed conv, which applies one of eight weight matrices to each
+    output cell by its parity. Those per-parity terms dominate the decoder's tokens (ours had the same anatomy
+    at cosine ~0 after a one-cell shift, ~0.5 after a two-cell shift), so dense embeddings told where a token
+    sat in its crop instead of what it showed; resize-then-project has no parity (Odena et al., "Deconvolution
+    and Checkerboard Artifacts", Distill 2016). The projection runs on the coarse grid (the two commute), and the
+    cross-attention to the encoder skip that follows puts the detail back. Nearest, not trilinear: on CPU,
+    trilinear's backward costs over twice the transposed conv's; nearest costs half of it.
+    """
 
     def __init__(self, dim: int):
         super().__init__()
-        self.up = nn.ConvTranspose3d(dim, dim // 2, 2, stride=2)
+        self.proj = nn.Linear(dim, dim // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, X, Y, Z, C) -> (B, 2X, 2Y, 2Z, C / 2), channel-last in and out."""
-        return self.up(x.movedim(-1, 1)).movedim(1, -1)
+        h = self.proj(x).movedim(-1, 1)
+        return F.interpolate(h, scale_factor=2, mode="nearest").movedim(1, -1)
 
 
 class NnFormer(nn.Module):

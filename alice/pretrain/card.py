@@ -51,12 +51,19 @@ def write_card(run_dir: str | Path, checkpoint: str | Path, card: str | Path, co
     collapsed = mean["loss/cls"] > 0.98 * uniform
     rows = "\n".join(f"| {name} | {m['mre_mm']:.2f} | {m['median_mm']:.2f} | {m['max_mm']:.2f} | "
                      f"{m['within_10mm']:.0%} | {m['n']} |" for name, m in quality["methods"].items())
+    logit_range = [m["cls_logit_range"] for m in last if "cls_logit_range" in m]
+    range_note = (f" The teacher's cls scores span {sum(logit_range) / len(logit_range):.3f} on average (highest minus "
+                  "lowest prototype score; near 0 when every prototype ties)." if logit_range else "")
     cls_note = (f"**Known weakness:** the cls (global) branch collapsed: its loss sits at ln({config['model']['head_out_dim']}) "
                 f"= {uniform:.2f}, the value of a uniform prediction, and teacher-student cls agreement is "
-                f"{mean['cls_agreement']:.2f}. With one view pair per step the centred teacher targets carry no "
+                f"{mean['cls_agreement']:.2f}. With one view pair per step the centred teacher targets carry little "
                 "information the student can predict. The dense decoder tokens, which the explorer uses, are trained "
                 "by the token (CAFA) and reconstruction losses; their retrieval quality is measured below."
-                if collapsed else f"cls loss {mean['loss/cls']:.3f} (uniform would be {uniform:.2f}).")
+                if collapsed else f"cls loss {mean['loss/cls']:.3f} (uniform would be {uniform:.2f}).") + range_note
+    loss = config["loss"]
+    extra_note = (f"\n- Not in Alice: a uniformity term on the cls embeddings (weight {loss['uniformity_weight']:g}, "
+                  "`loss.uniformity_weight`), against the collapse of one-pair-per-step training."
+                  if loss.get("uniformity_weight", 0) > 0 else "")
     text = f"""# Alice, `cpu-tiny` preset: model card
 
 Alice self-supervised pretraining (Jiang et al., ICCV 2023) reimplemented for Alice Explorer: an nnFormer-style
@@ -74,7 +81,7 @@ retrieval, embedding maps) and as the initialisation for segmentation fine-tunin
   version {payload['alice_version']}.
 - Losses over the last {len(last)} logged intervals: cls {mean['loss/cls']:.3f}, token (CAFA) {mean['loss/patch']:.3f},
   reconstruction {mean['loss/rec']:.4f}.
-- {cls_note}
+- {cls_note}{extra_note}
 - Shipped weights: student and teacher, float16 (`alice.pretrain.card.ship_checkpoint`); no optimiser state.
 
 ## Landmark retrieval (`alice eval retrieval`, measured on this file)

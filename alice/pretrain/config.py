@@ -92,9 +92,9 @@ class LossConfig:
         teacher_temp: teacher temperature after the warm-up.
         teacher_temp_warmup_steps: steps of the linear teacher-temperature warm-up (a shorter run ends during it).
         centre_momentum: EMA momentum of the cls and patch centres.
-        uniformity_weight: weight of a uniformity term on the student's cls embeddings against a queue of recent
-            teacher ones (``alice.pretrain.losses.UniformityLoss``; not in Alice; 0 = off, the paper).
-        uniformity_queue: teacher cls embeddings in that queue.
+        uniformity_weight: weight of a uniformity term on the student's cls embeddings against a queue of its
+            recent ones (``alice.pretrain.losses.UniformityLoss``; not in Alice; 0 = off, the paper).
+        uniformity_queue: student cls embeddings in that queue.
         cafa: align tokens with CAFA; off = direct same-view CE between student and teacher decoder tokens.
         kv_source: keys/values of the teacher branch: ``teacher_encoder`` (paper) or ``teacher_decoder`` (code).
         target_attn: attention of the teacher branch: ``ema`` copy (paper) or ``shared`` with the student (code).
@@ -199,7 +199,8 @@ PRESETS: dict[str, PretrainConfig] = {
     # About 1 s per step on 2 CPU cores (ALICE_DETAILS.md section 9.2).
     "cpu-tiny": PretrainConfig(
         model=MODEL_PRESETS["cpu-tiny"],
-        loss=LossConfig(teacher_temp_warmup_steps=300),
+        # One pair per step: the uniformity term keeps the cls branch from collapsing (not in Alice).
+        loss=LossConfig(teacher_temp_warmup_steps=300, uniformity_weight=1.0),
         optim=OptimConfig(lr=5e-4, min_lr=1e-5, warmup_steps=100, freeze_last_layer_steps=50),
         run=RunConfig(steps=2000, checkpoint_every=50, log_every=5)),
 }

@@ -99,17 +99,19 @@ class PatchLoss(CenteredCrossEntropy):
 
 
 class UniformityLoss(nn.Module):
-    """Uniformity of the student's cls embeddings (Wang and Isola, ICML 2020) against a queue of recent teacher cls
-    embeddings: ``log mean_j exp(-t * |z - q_j|^2)``, averaged over the batch; it falls as the embeddings spread.
+    """Uniformity of the student's cls embeddings (Wang and Isola, ICML 2020) against a queue of its own recent
+    ones: ``log mean_j exp(-t * |z - q_j|^2)``, averaged over the batch; it falls as the embeddings spread.
 
     Not part of Alice. With one view pair per step, the cls branch can map every input to one unit vector at which
     all prototype scores tie: the teacher targets and the student predictions are then uniform, the cls loss sits
     at ln(out_dim) and gives no signal. Pushing each embedding away from those of recent other crops prevents that
-    state; the query/key views of one pair are still pulled together by the cls loss.
+    state; the query/key views of one pair are still pulled together by the cls loss. The queue holds the
+    student's own (detached) embeddings: against a lagging teacher's, a collapsed student escapes by moving
+    to the antipode of the teacher's single point, which stays collapsed.
 
     Args:
         dim: width of the embeddings (the head's bottleneck).
-        queue_size: teacher embeddings kept (from every rank, newest first).
+        queue_size: student embeddings kept (from every rank, newest first).
         t: the kernel's sharpness (2 in the paper).
     """
 
@@ -129,7 +131,7 @@ class UniformityLoss(nn.Module):
 
     @torch.no_grad()
     def update_queue(self, embeddings: torch.Tensor) -> None:
-        """Push the teacher's embeddings of this step (every rank's) in front of the queue."""
+        """Push the student's embeddings of this step (every rank's) in front of the queue."""
         new = embeddings.detach().float()
         if distributed():
             gathered = [torch.empty_like(new) for _ in range(dist.get_world_size())]

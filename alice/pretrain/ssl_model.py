@@ -113,7 +113,7 @@ class AliceSSL(nn.Module):
             ``loss`` (with gradient), ``loss/cls``, ``loss/patch``, ``loss/rec``, ``loss/uniformity`` (0 when off);
             ``cls_agreement`` (fraction of cross-view pairs whose teacher and student cls argmax agree);
             ``cls_logit_range`` (the teacher's highest minus lowest cls prototype score, mean over crops: near 0
-            when every prototype ties, the collapsed state); ``teacher_cls_embedding``, what the uniformity queue
+            when every prototype ties, the collapsed state); ``student_cls_embedding``, what the uniformity queue
             follows; ``masks`` (2B, 1, R, R, R);
             ``recon`` (2B, 1, R, R, R); ``cafa_attn`` (2B, heads, N_enc, N_kv) of branch S (absent with CAFA
             off); ``teacher_cls`` and ``teacher_tokens``, the targets the centres follow; ``student_tokens``, the
@@ -153,7 +153,7 @@ class AliceSSL(nn.Module):
         result = {"loss": loss, "loss/cls": loss_cls.detach(), "loss/patch": loss_patch.detach(),
                   "loss/rec": loss_rec.detach(), "loss/uniformity": loss_uniformity.detach(),
                   "cls_agreement": agreement, "cls_logit_range": logit_range,
-                  "teacher_cls_embedding": teacher_out["cls_embedding"].detach(), "masks": masks,
+                  "student_cls_embedding": out["cls_embedding"].detach(), "masks": masks,
                   "recon": out["recon"].detach(), "teacher_cls": t_cls.detach(),
                   "teacher_tokens": target_tokens.detach(), "student_tokens": student_tokens.detach()}
         if "cafa_attn" in out:
@@ -163,11 +163,11 @@ class AliceSSL(nn.Module):
     @torch.no_grad()
     def update_centres(self, losses: dict[str, torch.Tensor]) -> None:
         """Move both centres towards the teacher outputs of ``compute_losses`` (all-reduced when distributed), and
-        push the teacher's cls embeddings into the uniformity queue."""
+        push the student's cls embeddings into the uniformity queue."""
         self.cls_loss.update_centre(losses["teacher_cls"])
         self.patch_loss.update_centre(losses["teacher_tokens"])
         if self.uniformity is not None:
-            self.uniformity.update_queue(losses["teacher_cls_embedding"])
+            self.uniformity.update_queue(losses["student_cls_embedding"])
 
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:

@@ -40,7 +40,7 @@ from alice.pretrain.views import PairSampler, load_mining_cases
 log = logging.getLogger(__name__)
 
 CHECKPOINT_KIND = "alice"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: parity-free decoder upsampling
 METRIC_KEYS = ("loss", "loss/cls", "loss/patch", "loss/rec", "loss/uniformity", "cls_agreement", "cls_logit_range")
 
 
@@ -286,10 +286,7 @@ def _loop(config: PretrainConfig, out_dir: Path, payload: dict | None, process: 
         if tensorboard is not None:
             tensorboard.close()
     if writer:
-        message = (f"finished {step} steps" if state == "finished" else
-                   f"stopped at step {step} on request; continue with `alice pretrain --resume --out {out_dir}`")
-        runs.write_status(out_dir, state, step, run.steps, message, eta_seconds=0 if state == "finished" else None)
-        log.info("%s", message)
+        runs.finish_run(out_dir, state, step, run.steps, "alice pretrain")
     return runs.checkpoint_path(out_dir)
 
 

@@ -468,11 +468,7 @@ def _loop(config: FinetuneConfig, out_dir: Path, payload: dict | None,
     finally:
         if tensorboard is not None:
             tensorboard.close()
-    message = (f"finished {step} steps" if state == "finished" else
-               f"stopped at step {step} on request; continue with `alice finetune --resume --out {out_dir}`")
-    runs.write_status(out_dir, state, step, run.steps, message, eta_seconds=0 if state == "finished" else None)
-    log.info("%s", message)
-    return runs.checkpoint_path(out_dir)
+    return runs.finish_run(out_dir, state, step, run.steps, "alice finetune")
 
 
 def _validate(model: SegmentationNet, cases: list[tuple[LoadedCase, np.ndarray]]) -> dict[str, dict[str, float]]:

@@ -1,5 +1,5 @@
 """Window geometry of the nnFormer backbone: clamped windows, the shifted-window mask, the relative position
-index, and a crafted input showing that no token attends across a shifted boundary."""
+index, a crafted input showing that no token attends across a shifted boundary, and the parity-free upsampling."""
 
 import itertools
 
@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from alice.models.nnformer import (
+    PatchExpanding,
     SwinBlock,
     relative_position_index,
     shifted_window_mask,
@@ -101,3 +102,18 @@ def test_a_cross_block_takes_keys_from_its_context_and_is_never_shifted():
         block(x)
     with pytest.raises(ValueError, match="shift"):
         SwinBlock(8, 2, (8, 8, 8), (4, 4, 4), (2, 2, 2), drop_path=0.0, cross=True)
+
+
+def test_upsampling_has_no_parity_pattern():
+    # A transposed 2x2x2 stride-2 conv turns a constant map into a pattern that repeats every two cells (one
+    # weight per output parity); interpolation keeps it constant, and each cell follows its parent cell.
+    torch.manual_seed(0)
+    up = PatchExpanding(8)
+    constant = torch.randn(1, 1, 1, 1, 8).expand(1, 3, 3, 3, 8)
+    out = up(constant)
+    assert out.shape == (1, 6, 6, 6, 4)
+    torch.testing.assert_close(out, out[:, :1, :1, :1].expand_as(out))
+    varying = torch.randn(1, 3, 3, 3, 8)
+    out = up(varying)
+    for i, j, k in itertools.product(range(6), repeat=3):
+        torch.testing.assert_close(out[0, i, j, k], up.proj(varying[0, i // 2, j // 2, k // 2]))

@@ -84,21 +84,23 @@ def test_centres_follow_the_teacher_outputs(batch):
 
 
 def test_a_few_steps_on_a_fixed_batch_lower_the_loss(batch):
+    # The teacher and the centres stay put (their updates are tested above): the student then chases fixed
+    # targets, and every term must fall. With both moving, a fixed batch makes the token loss oscillate.
     model = build().train()
     optimizer = torch.optim.AdamW([p for p in model.student.parameters() if p.requires_grad], lr=3e-4,
                                   weight_decay=0.0)
     one_pair = PairBatch(batch.query[:1], batch.key[:1], batch.query_mask[:1], batch.key_mask[:1], batch.pairs[:1])
-    losses = []
+    history = []
     for _ in range(10):
         out = model.compute_losses(one_pair, teacher_temp=0.01)
         optimizer.zero_grad()
         out["loss"].backward()
         optimizer.step()
-        model.update_teacher(0.99)
-        model.update_centres(out)
-        losses.append(out["loss"].item())
-    assert losses[-1] < 0.5 * losses[0]
-    assert losses[-1] < losses[2]
+        history.append({key: out[key].item() for key in ("loss", "loss/cls", "loss/rec")})
+    first, last = history[0], history[-1]
+    assert last["loss"] < 0.25 * first["loss"]
+    assert last["loss/cls"] < 0.5 * first["loss/cls"]
+    assert last["loss/rec"] < first["loss/rec"]
 
 
 def test_rec_masked_only_uses_the_masked_voxels(batch):
@@ -110,7 +112,7 @@ def test_rec_masked_only_uses_the_masked_voxels(batch):
     assert out["loss/rec"].item() == pytest.approx(expected.item(), rel=1e-5)
 
 
-def test_the_uniformity_term_is_off_by_default_and_follows_the_teacher_when_on(batch):
+def test_the_uniformity_term_is_off_by_default_and_queues_the_students_embeddings_when_on(batch):
     assert build().uniformity is None
     assert not any("uniformity" in key for key in build().state_dict())  # other checkpoints keep their keys
     model = build(uniformity_weight=0.5, uniformity_queue=6).train()
@@ -118,7 +120,7 @@ def test_the_uniformity_term_is_off_by_default_and_follows_the_teacher_when_on(b
     assert first["loss/uniformity"].item() == 0.0  # empty queue
     model.update_centres(first)
     assert int(model.uniformity.queue_filled) == 4
-    torch.testing.assert_close(model.uniformity.queue[:4], first["teacher_cls_embedding"])
+    torch.testing.assert_close(model.uniformity.queue[:4], first["student_cls_embedding"])
     out = model.compute_losses(batch, teacher_temp=0.01)
     expected = out["loss/cls"] + out["loss/patch"] + out["loss/rec"] + 0.5 * out["loss/uniformity"]
     assert out["loss/uniformity"].item() < 0 and out["loss"].item() == pytest.approx(expected.item(), rel=1e-5)

@@ -8,7 +8,7 @@ import torch
 from alice import runs
 from alice.errors import InputError
 from alice.pretrain.config import PretrainConfig, ViewConfig, save_config
-from alice.pretrain.train import load_checkpoint, pretrain
+from alice.pretrain.train import FORMAT_VERSION, load_checkpoint, pretrain
 from tests.pretrain.conftest import tiny_pretrain_config
 
 METRIC_KEYS = {"step", "loss", "loss/cls", "loss/patch", "loss/rec", "loss/uniformity", "cls_agreement",
@@ -33,7 +33,7 @@ def test_a_run_writes_every_file_of_the_run_folder(finished_run, tiny_cohort):
 
 def test_checkpoints_hold_plain_config_state_and_rng(finished_run):
     payload = load_checkpoint(runs.checkpoint_path(finished_run))
-    assert (payload["kind"], payload["format_version"], payload["step"]) == ("alice", 1, 4)
+    assert (payload["kind"], payload["format_version"], payload["step"]) == ("alice", FORMAT_VERSION, 4)
     assert payload["alice_version"] and payload["config"]["run"]["steps"] == 4
     assert {"cls_loss.centre", "patch_loss.centre"} <= set(payload["model"])
     assert any(k.startswith("teacher.") for k in payload["model"]) and payload["optimizer"]["state"]

@@ -12,6 +12,7 @@ from alice.data.io import Volume, save_volume
 from alice.models.build import ModelConfig
 from alice.pretrain.config import PretrainConfig
 from alice.pretrain.ssl_model import build_ssl_model
+from alice.pretrain.train import FORMAT_VERSION as PRETRAIN_FORMAT_VERSION
 from alice.segment.train import AugmentConfig, FinetuneConfig, SegDataConfig, SegOptimConfig, SegRunConfig
 
 TINY_MODEL = ModelConfig(roi=32, feature_size=12, depths=(1, 1, 1, 1), num_heads=(3, 6, 12, 24), drop_path=0.0,
@@ -85,7 +86,7 @@ def write_alice_checkpoint(path, model: ModelConfig = TINY_MODEL, seed: int = 1)
     config = dataclasses.replace(PretrainConfig(), model=model)
     torch.manual_seed(seed)
     ssl = build_ssl_model(config)
-    torch.save({"kind": "alice", "format_version": 1, "config": config.to_dict(), "step": 0,
+    torch.save({"kind": "alice", "format_version": PRETRAIN_FORMAT_VERSION, "config": config.to_dict(), "step": 0,
                 "model": ssl.state_dict()}, path)
     return path
 

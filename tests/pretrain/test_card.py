@@ -1,0 +1,50 @@
+"""The shipped checkpoint (slim, float16, loadable) and its model card of measured figures."""
+
+import math
+
+import torch
+
+from alice import runs
+from alice.pretrain.card import ship_checkpoint, write_card
+from alice.pretrain.train import load_checkpoint
+
+QUALITY = {"source_case": "case0", "key_cases": ["case1"],
+           "methods": {"alice": {"mre_mm": 12.345, "median_mm": 10.0, "max_mm": 30.0, "within_10mm": 0.5, "n": 4}}}
+
+
+def test_the_shipped_file_is_half_precision_without_optimiser_and_loads(finished_run, tmp_path):
+    shipped = ship_checkpoint(finished_run, tmp_path / "shipped.pt")
+    payload = load_checkpoint(shipped)
+    assert "optimizer" not in payload and "rng" not in payload and payload["step"] == 4
+    full = load_checkpoint(runs.checkpoint_path(finished_run))["model"]
+    assert set(payload["model"]) == set(full)
+    floats = [k for k, v in full.items() if v.is_floating_point()]
+    assert floats and all(payload["model"][k].dtype == torch.float16 for k in floats)
+    torch.testing.assert_close(payload["model"][floats[0]].float(), full[floats[0]], rtol=1e-3, atol=1e-3)
+
+
+def test_the_card_reports_the_runs_own_figures(finished_run, tmp_path):
+    shipped = ship_checkpoint(finished_run, tmp_path / "shipped.pt")
+    card = write_card(finished_run, shipped, tmp_path / "card.md", "alice pretrain --steps 4", QUALITY)
+    text = card.read_text()
+    metrics = runs.read_metrics(finished_run)
+    cls = sum(m["loss/cls"] for m in metrics) / len(metrics)
+    assert "`alice pretrain --steps 4`" in text and "Steps: 4;" in text
+    assert f"Losses over the last 4 logged intervals: cls {cls:.3f}, token (CAFA)" in text
+    logit_range = sum(m["cls_logit_range"] for m in metrics) / len(metrics)
+    assert f"span {logit_range:.3f}" in text
+    assert "| alice | 12.35 | 10.00 | 30.00 | 50% | 4 |" in text
+    assert "Not in Alice" not in text  # the tiny run trains the paper's losses only
+    uniform = math.log(load_checkpoint(shipped)["config"]["model"]["head_out_dim"])
+    assert ("Known weakness" in text) == (cls > 0.98 * uniform)
+
+
+def test_the_card_names_the_terms_that_are_not_alices(finished_run, tmp_path):
+    config = runs.read_config(finished_run)
+    config["loss"]["uniformity_weight"] = 0.5
+    payload = load_checkpoint(runs.checkpoint_path(finished_run))
+    payload["config"] = config
+    edited = tmp_path / "edited.pt"
+    torch.save(payload, edited)
+    text = write_card(finished_run, edited, tmp_path / "card.md", "alice pretrain", QUALITY).read_text()
+    assert "Not in Alice: a uniformity term on the cls embeddings (weight 0.5, `loss.uniformity_weight`)" in text
