@@ -151,6 +151,12 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return records
 
 
+def training_seconds(metrics: list[dict]) -> float:
+    """Summed step time of a run: each record holds the mean step time since the previous record."""
+    return sum(m["seconds_per_step"] * (m["step"] - previous["step"])
+               for previous, m in zip([{"step": 0}, *metrics], metrics))
+
+
 def truncate_metrics(run_dir: str | Path, last_step: int) -> None:
     """Drop records after ``last_step`` (written after the checkpoint a resumed run restarts from)."""
     path = Path(run_dir) / METRICS_FILE

@@ -41,11 +41,7 @@ def pretraining_minutes(source: str) -> float | None:
     from alice import runs
 
     metrics = runs.read_metrics(source) if Path(source).is_dir() else []
-    if not metrics:
-        return None
-    # Each record holds the mean step time since the previous one (logged every few steps).
-    steps = [0] + [m["step"] for m in metrics]
-    return sum(m["seconds_per_step"] * (step - before) for m, step, before in zip(metrics, steps[1:], steps)) / 60
+    return runs.training_seconds(metrics) / 60 if metrics else None
 
 
 def inference_seconds(run_dir: Path, repeats: int = 3) -> tuple[str, float]:
@@ -114,8 +110,8 @@ def main() -> None:
                        + ", ".join(f"{n}: {k} steps" for n, k in pretraining.items()) if pretraining else
                        "No ablations in this comparison")
     ablation_minutes = (", plus the ablations' pretraining runs (summed step time): "
-                        + ", ".join(f"{name} {pretraining_minutes(path):.1f} min" for name, path in ablations.items()
-                                    if pretraining_minutes(path) is not None) if ablations else "")
+                        + ", ".join(f"{name} {m:.1f} min" for name, path in ablations.items()
+                                    if (m := pretraining_minutes(path)) is not None) if ablations else "")
     text = (f"{HEADING}\n\nCommand: `{command}` (the same comparison as `alice eval segmentation --seeds "
             + " ".join([*map(str, args.seeds), "--ablation-seeds", *map(str, args.ablation_seeds),
                         *(f"--ablation {a}" for a in args.ablation), "--json"])

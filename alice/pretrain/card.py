@@ -45,8 +45,7 @@ def write_card(run_dir: str | Path, checkpoint: str | Path, card: str | Path, co
     metrics = runs.read_metrics(run_dir)
     last = metrics[-10:]
     mean = {k: sum(m[k] for m in last) / len(last) for k in ("loss/cls", "loss/patch", "loss/rec", "cls_agreement")}
-    seconds = sum(m["seconds_per_step"] * (m["step"] - previous["step"])
-                  for previous, m in zip([{"step": 0}, *metrics], metrics))
+    seconds = runs.training_seconds(metrics)
     uniform = math.log(config["model"]["head_out_dim"])
     collapsed = mean["loss/cls"] > 0.98 * uniform
     rows = "\n".join(f"| {name} | {m['mre_mm']:.2f} | {m['median_mm']:.2f} | {m['max_mm']:.2f} | "
