@@ -525,7 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--checkpoint", type=Path, help="checkpoint (default: the shipped one of the source)")
         command.add_argument("--network", choices=["teacher", "student"], default="teacher",
                              help="Alice backbone (default: %(default)s)")
-        command.add_argument("--tokens", choices=["decoder", "encoder"], default="decoder",
+        command.add_argument("--tokens", choices=["decoder", "encoder", "both"], default="both",
                              help="Alice tokens (default: %(default)s)")
         command.add_argument("--sam-part", choices=["both", "local", "global"], default="both",
                              help="SAM embedding (default: %(default)s)")

@@ -67,7 +67,8 @@ class MatchResult:
         return np.array([r is None for r in self.reasons], dtype=bool)
 
 
-def match_points(query: CaseEmbedding, key: CaseEmbedding, xyz_mm, return_similarity: bool = False) -> MatchResult:
+def match_points(query: CaseEmbedding, key: CaseEmbedding, xyz_mm, return_similarity: bool = False,
+                 cycle: bool = True) -> MatchResult:
     """Match world points of the query case to the key case.
 
     Args:
@@ -75,6 +76,7 @@ def match_points(query: CaseEmbedding, key: CaseEmbedding, xyz_mm, return_simila
         key: embedding of the case to find them in.
         xyz_mm: (N, 3) or (3,) world points in the query case.
         return_similarity: also return each point's similarity map over the key's local grid.
+        cycle: match each result back to the query case for its cycle error (NaN without; half the cost).
 
     Returns:
         Matches, scores, cycle errors and, per point, validity and the reason for no match.
@@ -91,7 +93,7 @@ def match_points(query: CaseEmbedding, key: CaseEmbedding, xyz_mm, return_simila
 
     matched = np.full((n, 3), np.nan)
     score = np.full(n, np.nan)
-    cycle = np.full(n, np.nan)
+    cycle_mm = np.full(n, np.nan)
     similarity = None
     if return_similarity:
         similarity = np.full((n, *key.local_map.shape[1:]), np.nan, dtype=np.float32)
@@ -101,11 +103,12 @@ def match_points(query: CaseEmbedding, key: CaseEmbedding, xyz_mm, return_simila
         matched[valid], score[valid] = _refine(*vectors, key, key.local_xyz_mm[index])
         if maps is not None:
             similarity[valid] = maps.reshape(len(valid), *key.local_map.shape[1:])
-        back_vectors = _vectors_at(key, matched[valid])
-        back, _, _ = _best_voxels(*back_vectors, query, False)
-        back_xyz_mm, _ = _refine(*back_vectors, query, query.local_xyz_mm[back])
-        cycle[valid] = np.linalg.norm(back_xyz_mm - xyz_mm[valid], axis=1)
-    return MatchResult(xyz_mm, matched, score, cycle, reasons, similarity, key.local_affine)
+        if cycle:
+            back_vectors = _vectors_at(key, matched[valid])
+            back, _, _ = _best_voxels(*back_vectors, query, False)
+            back_xyz_mm, _ = _refine(*back_vectors, query, query.local_xyz_mm[back])
+            cycle_mm[valid] = np.linalg.norm(back_xyz_mm - xyz_mm[valid], axis=1)
+    return MatchResult(xyz_mm, matched, score, cycle_mm, reasons, similarity, key.local_affine)
 
 
 def _refine(local: torch.Tensor, coarse: torch.Tensor, key: CaseEmbedding,

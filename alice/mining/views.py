@@ -24,7 +24,10 @@ MODES = ("sam", "random_cross", "same_volume")
 FOREGROUND_HU = -125.0  # Alice's rule: HU above the lower end of its [-125, 225] window
 DEFAULT_THRESHOLD = 0.7
 DEFAULT_MAX_TRIES = 100
-CANDIDATES_PER_ROUND = 16  # query points matched together; the first accepted one wins, so tries stay exact
+# Query points matched together: 2 in the first round, doubling up to 16 (most pairs are accepted at the first
+# point, and matching costs per point); the first accepted one wins, so tries stay exact.
+FIRST_ROUND_CANDIDATES = 2
+MAX_ROUND_CANDIDATES = 16
 
 
 @dataclass(frozen=True)
@@ -99,10 +102,11 @@ def mine_view_pair(query: MiningCase, others: list[MiningCase], mode: str, rng: 
         raise InputError(None, "sam mining needs SAM embeddings of both cases (run `alice sam embed`)")
     best = None
     tries = 0
+    batch = FIRST_ROUND_CANDIDATES
     while tries < max_tries:
-        batch = min(CANDIDATES_PER_ROUND, max_tries - tries)
+        batch = min(batch, max_tries - tries)
         ijk = foreground_points(query.image, batch, rng, margin_voxels)
-        result = match_points(query.embedding, key.embedding, query.image.ijk_to_xyz(ijk))
+        result = match_points(query.embedding, key.embedding, query.image.ijk_to_xyz(ijk), cycle=False)
         scores = np.where(result.valid, result.score, -np.inf)
         accepted = np.flatnonzero(scores >= threshold)
         if accepted.size:
@@ -113,6 +117,7 @@ def mine_view_pair(query: MiningCase, others: list[MiningCase], mode: str, rng: 
         if np.isfinite(scores[top]) and (best is None or scores[top] > best[2]):
             best = (ijk[top], key.image.xyz_to_ijk(result.xyz_mm[top]), float(scores[top]))
         tries += batch
+        batch = min(2 * batch, MAX_ROUND_CANDIDATES)
     if best is None:
         raise InputError(None, f"no valid SAM match from {query.case_id} to {key.case_id} in {max_tries} tries")
     return _pair(mode, query, key, best[0], best[1], best[2], tries, False)

@@ -60,9 +60,17 @@ def write_card(run_dir: str | Path, checkpoint: str | Path, card: str | Path, co
                 "by the token (CAFA) and reconstruction losses; their retrieval quality is measured below."
                 if collapsed else f"cls loss {mean['loss/cls']:.3f} (uniform would be {uniform:.2f}).") + range_note
     loss = config["loss"]
-    extra_note = (f"\n- Not in Alice: a uniformity term on the cls embeddings (weight {loss['uniformity_weight']:g}, "
-                  "`loss.uniformity_weight`), against the collapse of one-pair-per-step training."
-                  if loss.get("uniformity_weight", 0) > 0 else "")
+    departures = []
+    if loss.get("uniformity_weight", 0) > 0:
+        departures.append(f"a uniformity term on the cls embeddings (weight {loss['uniformity_weight']:g}, "
+                          "`loss.uniformity_weight`), against the collapse of one-pair-per-step training")
+    if loss.get("cafa") and loss.get("target_queries") == "teacher":
+        departures.append("CAFA's target branch takes the teacher's unmasked encoder tokens as queries "
+                          "(`loss.target_queries=teacher`), so the token loss cannot be met by silencing the attention")
+    extra_note = "".join(f"\n- Not in Alice: {d}." for d in departures)
+    alice_source = quality.get("sources", {}).get("alice", {})
+    tokens_note = (f" (Alice: {alice_source['network']} backbone, {alice_source['tokens']} tokens)"
+                   if "tokens" in alice_source else "")
     text = f"""# Alice, `cpu-tiny` preset: model card
 
 Alice self-supervised pretraining (Jiang et al., ICCV 2023) reimplemented for Alice Explorer: an nnFormer-style
@@ -85,7 +93,7 @@ retrieval, embedding maps) and as the initialisation for segmentation fine-tunin
 
 ## Landmark retrieval (`alice eval retrieval`, measured on this file)
 {quality['source_case']} landmarks found in held-out {', '.join(quality['key_cases'])} (exact truth), dense
-embeddings every 6 mm:
+embeddings every 6 mm{tokens_note}:
 
 | source | MRE (mm) | median | max | within 10 mm | n |
 |---|---|---|---|---|---|

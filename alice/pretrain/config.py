@@ -27,6 +27,7 @@ from alice.pretrain.masking import MASK_SHAPES
 
 KV_SOURCES = ("teacher_encoder", "teacher_decoder")
 TARGET_ATTNS = ("ema", "shared")
+TARGET_QUERIES = ("teacher", "student")
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,10 @@ class LossConfig:
         cafa: align tokens with CAFA; off = direct same-view CE between student and teacher decoder tokens.
         kv_source: keys/values of the teacher branch: ``teacher_encoder`` (paper) or ``teacher_decoder`` (code).
         target_attn: attention of the teacher branch: ``ema`` copy (paper) or ``shared`` with the student (code).
+        target_queries: queries of the teacher branch: the ``teacher``'s encoder tokens of the unmasked view
+            (default), or the ``student``'s encoder tokens of the masked view, as the official code (and, as far
+            as Fig. 3 shows, the paper). With the student's, both branches carry the same queries through the
+            residual and the loss is met by silencing the attention (the token loss fell to 0 within 50 steps).
     """
 
     cls_weight: float = 1.0
@@ -114,6 +119,7 @@ class LossConfig:
     cafa: bool = True
     kv_source: str = "teacher_encoder"
     target_attn: str = "ema"
+    target_queries: str = "teacher"
 
 
 @dataclass(frozen=True)
@@ -303,6 +309,8 @@ def validate(config: PretrainConfig) -> None:
     check(loss.kv_source in KV_SOURCES, f"loss.kv_source={loss.kv_source!r} is not one of {list(KV_SOURCES)}")
     check(loss.target_attn in TARGET_ATTNS,
           f"loss.target_attn={loss.target_attn!r} is not one of {list(TARGET_ATTNS)}")
+    check(loss.target_queries in TARGET_QUERIES,
+          f"loss.target_queries={loss.target_queries!r} is not one of {list(TARGET_QUERIES)}")
     check(optim.lr > 0, f"optim.lr={optim.lr:g} must be positive")
     check(0 <= optim.min_lr < optim.lr,
           f"optim.min_lr={optim.min_lr:g} must be at least 0 and below the peak optim.lr={optim.lr:g}")

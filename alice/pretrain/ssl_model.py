@@ -6,10 +6,11 @@ gradients; it follows the student by ``teacher_p = m * teacher_p + (1 - m) * stu
 both have. Both views of every pair run through each network in one batch: rows [0, B) are the query crops,
 rows [B, 2B) the key crops.
 
-CAFA's queries are the student's encoder tokens (of the masked view). Branch S: keys/values = the student's
-decoder tokens, through the student's block. Branch T (the target, no gradient): keys/values = the teacher's
-encoder tokens (paper) or decoder tokens (official code), through the EMA block (paper) or the student's block
-(official code). With CAFA off, the token loss compares the student's and the teacher's decoder tokens directly.
+Branch S of CAFA: queries = the student's encoder tokens (of the masked view), keys/values = the student's
+decoder tokens, through the student's block. Branch T (the target, no gradient): queries = the teacher's encoder
+tokens (default) or the student's (official code), keys/values = the teacher's encoder tokens (paper) or decoder
+tokens (official code), through the EMA block (paper) or the student's block (official code). With CAFA off, the
+token loss compares the student's and the teacher's decoder tokens directly.
 """
 
 from __future__ import annotations
@@ -74,13 +75,14 @@ class AliceSSL(nn.Module):
         rec_weight: lambda3.
         rec_masked_only: reconstruction MSE over masked voxels only.
         kv_source: ``teacher_encoder`` or ``teacher_decoder``: keys/values of CAFA's branch T.
+        target_queries: ``teacher`` or ``student``: whose encoder tokens are the queries of branch T.
         uniformity: the uniformity term on the cls embeddings, or None (the paper).
         uniformity_weight: its weight.
     """
 
     def __init__(self, student: Student, teacher: Teacher, cls_loss: ClsLoss, patch_loss: PatchLoss,
                  cls_weight: float, patch_weight: float, rec_weight: float, rec_masked_only: bool, kv_source: str,
-                 uniformity: UniformityLoss | None = None, uniformity_weight: float = 0.0):
+                 target_queries: str, uniformity: UniformityLoss | None = None, uniformity_weight: float = 0.0):
         super().__init__()
         self.student = student
         self.teacher = teacher
@@ -90,6 +92,7 @@ class AliceSSL(nn.Module):
         self.weights = {"cls": cls_weight, "patch": patch_weight, "rec": rec_weight, "uniformity": uniformity_weight}
         self.rec_masked_only = rec_masked_only
         self.kv_source = kv_source
+        self.target_queries = target_queries
         self.teacher.requires_grad_(False)
         self.update_teacher(0.0)
         self.teacher.eval()
@@ -133,8 +136,9 @@ class AliceSSL(nn.Module):
         if self.student.cafa is not None:
             keys = teacher_out["enc_out" if self.kv_source == "teacher_encoder" else "dec_out"]
             target_block = self.teacher.cafa if self.teacher.cafa is not None else self.student.cafa
+            queries = teacher_out["enc_out"] if self.target_queries == "teacher" else out["enc_out"].detach()
             with torch.no_grad():
-                target_tokens, _ = target_block(out["enc_out"].detach(), keys)
+                target_tokens, _ = target_block(queries, keys)
             student_tokens = out["cafa_out"]
         else:
             target_tokens, student_tokens = teacher_out["dec_out"], out["dec_out"]
@@ -193,4 +197,4 @@ def build_ssl_model(config: PretrainConfig) -> AliceSSL:
     uniformity = (UniformityLoss(model.head_bottleneck_dim, loss.uniformity_queue) if loss.uniformity_weight > 0
                   else None)
     return AliceSSL(student, teacher, cls_loss, patch_loss, loss.cls_weight, loss.patch_weight, loss.rec_weight,
-                    loss.rec_masked_only, loss.kv_source, uniformity, loss.uniformity_weight)
+                    loss.rec_masked_only, loss.kv_source, loss.target_queries, uniformity, loss.uniformity_weight)

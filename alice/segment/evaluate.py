@@ -23,7 +23,13 @@ from alice.data.cohort import LoadedCase
 from alice.errors import InputError
 from alice.segment.labels import get_label_set
 from alice.segment.metrics import average_scores, mean_of, segmentation_scores
-from alice.segment.network import SCRATCH, SegmentationNet, load_segmentation_checkpoint, load_segmentation_net
+from alice.segment.network import (
+    SCRATCH,
+    SegmentationNet,
+    initial_weights_hash,
+    load_segmentation_checkpoint,
+    load_segmentation_net,
+)
 from alice.segment.predict import EVALUATION_FILE, predict_case
 from alice.segment.train import RUN_KIND, FinetuneConfig, default_config, finetune, labelled_cases, resolve_config
 
@@ -93,11 +99,15 @@ def ensure_run(config: FinetuneConfig, run_dir: str | Path,
         runs.truncate_metrics(run_dir, 0)  # a run killed before its first checkpoint starts again
         finetune(config, run_dir, progress=progress)
         return run_dir
-    stored = load_segmentation_checkpoint(runs.checkpoint_path(run_dir))["config"]
-    changed = differences(stored, resolve_config(config).to_dict())
+    stored = load_segmentation_checkpoint(runs.checkpoint_path(run_dir))
+    resolved = resolve_config(config)
+    changed = differences(stored["config"], resolved.to_dict())
     if changed:
         raise InputError(run_dir, "holds a run of another config (" + "; ".join(changed) + "); delete the folder "
                                   "or use another workspace")
+    if resolved.init != SCRATCH and stored.get("init_weights") != initial_weights_hash(resolved.init):
+        raise InputError(run_dir, f"holds a run fine-tuned from other weights than {resolved.init} holds now (was "
+                                  "it retrained?); delete the folder or use another workspace")
     if status.get("state") != "finished":
         finetune(config, run_dir, resume=True, progress=progress)
     return run_dir

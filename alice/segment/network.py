@@ -96,6 +96,14 @@ def build_segmentation_net(config: ModelConfig, class_names: Sequence[str], hu_w
     return model
 
 
+def initial_weights_hash(init: str) -> str:
+    """What a run starts from, by content: ``scratch``, or the SHA-256 of the pretrained weights file, which tells
+    a retrained checkpoint apart from the one at the same path before it."""
+    from alice.anatomy.cache import content_hash
+
+    return SCRATCH if init == SCRATCH else content_hash(read_backbone(init)[2])
+
+
 def checkpoint_payload(model: SegmentationNet, config: dict, step: int, **extra) -> dict:
     """A segmentation checkpoint as plain data: kind, format version, config, classes, HU window, weights."""
     from alice import __version__

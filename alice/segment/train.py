@@ -43,6 +43,7 @@ from alice.segment.network import (
     SegmentationNet,
     build_segmentation_net,
     checkpoint_payload,
+    initial_weights_hash,
     load_segmentation_checkpoint,
     pretrained_architecture,
 )
@@ -407,6 +408,7 @@ def _loop(config: FinetuneConfig, out_dir: Path, payload: dict | None,
         log.warning("no labelled validation case in split %r: no validation Dice, no best.pt", data.val_split)
 
     model = build_segmentation_net(config.model, label_set.class_names, data.hu_window, config.init, run.seed)
+    init_weights = initial_weights_hash(config.init)
     model.train()
     groups = [{**group, "lr_scale": 1.0} for group in parameter_groups(model.backbone)]
     groups += [{**group, "lr_scale": optim.head_lr_scale} for group in parameter_groups(model.head)]
@@ -459,7 +461,7 @@ def _loop(config: FinetuneConfig, out_dir: Path, payload: dict | None,
             stop = runs.stop_requested(out_dir)
             _log_step(out_dir, tensorboard, record, run.steps)
             if step % run.checkpoint_every == 0 or step == run.steps or stop or new_best:
-                _save(out_dir, config, model, optimizer, sampler, step, best_dice, new_best)
+                _save(out_dir, config, model, optimizer, sampler, step, best_dice, new_best, init_weights)
             if progress is not None:
                 progress(step, run.steps, record)
             if stop:
@@ -494,11 +496,12 @@ def _log_step(out_dir: Path, tensorboard, record: dict, total: int) -> None:
 
 
 def _save(out_dir: Path, config: FinetuneConfig, model: SegmentationNet, optimizer: torch.optim.Optimizer,
-          sampler: CropSampler, step: int, best_dice: float | None, best: bool) -> None:
-    """Write ``last.pt`` (and ``best.pt`` when ``best``) atomically, with everything an exact resume needs."""
+          sampler: CropSampler, step: int, best_dice: float | None, best: bool, init_weights: str) -> None:
+    """Write ``last.pt`` (and ``best.pt`` when ``best``) atomically, with everything an exact resume needs and
+    ``init_weights`` (``initial_weights_hash``)."""
     payload = checkpoint_payload(model, config.to_dict(), step, optimizer=optimizer.state_dict(),
-                                 best_dice=best_dice, rng={"torch": torch.get_rng_state(),
-                                                           "sampler": sampler.state_dict()})
+                                 best_dice=best_dice, init_weights=init_weights,
+                                 rng={"torch": torch.get_rng_state(), "sampler": sampler.state_dict()})
     last = runs.checkpoint_path(out_dir)
     atomic_write(last, lambda tmp: torch.save(payload, tmp))
     if best:

@@ -19,7 +19,7 @@ from alice.explore.dense import (
 )
 from alice.ui.cases import case_stamp
 
-SOURCE_LABELS = {"alice": "Alice (teacher, decoder tokens)", "sam": "SAM (local + global)",
+SOURCE_LABELS = {"alice": "Alice (teacher, encoder + decoder tokens)", "sam": "SAM (local + global)",
                  "untrained": "Untrained network (control)"}
 SOURCE_COMMANDS = {"alice": "alice pretrain --preset cpu-tiny, then copy the run's checkpoints/last.pt to "
                             f"{paths.DEFAULT_ALICE_CHECKPOINT}",
@@ -65,7 +65,7 @@ def cohort_embeddings(records: list[CaseRecord], settings: EmbeddingSettings) ->
     return [_embedding(r, settings, case_stamp(r), settings.key()) for r in records]
 
 
-# SAM both: ~80 MB per sample case in float32; Alice decoder tokens: ~30 MB.
+# SAM both: ~80 MB per sample case in float32; Alice both token sets: ~90 MB.
 @st.cache_resource(max_entries=48, show_spinner=False)
 def _embedding(_record: CaseRecord, _settings: EmbeddingSettings, stamp: tuple, key: str) -> DenseEmbedding:
     return cached_dense_embedding(_record, _settings)

@@ -108,6 +108,15 @@ def test_vectorised_matching_equals_matching_one_point_at_a_time(embedding, volu
         np.testing.assert_allclose(alone.similarity[0], together.similarity[i], rtol=1e-5, atol=1e-6)
 
 
+def test_matching_without_the_cycle_gives_the_same_matches_and_no_cycle_error(embedding, volume, model):
+    other = embed_case(model, synthetic_ct(shape=(32, 32, 24), seed=5))
+    points = tissue_points(embedding, volume)[:10]
+    full, quick = match_points(embedding, other, points), match_points(embedding, other, points, cycle=False)
+    np.testing.assert_array_equal(quick.xyz_mm, full.xyz_mm)
+    np.testing.assert_array_equal(quick.score, full.score)
+    assert np.isfinite(full.cycle_error_mm).all() and np.isnan(quick.cycle_error_mm).all()
+
+
 def test_points_outside_the_volume_or_the_body_get_no_match_with_a_reason(embedding, volume):
     corner_air = volume.ijk_to_xyz([1, 1, 1])
     outside = volume.ijk_to_xyz([-5, 10, 10])

@@ -68,7 +68,7 @@ def test_bad_settings_are_refused_by_name(tmp_path):
 def test_untrained_backbone_embeds_a_volume_window_by_window():
     image = synthetic_ct(shape=(40, 36, 30), spacing_mm=2.0)
     case = LoadedCase(CaseRecord("synthetic", Path("synthetic.nii.gz")), image, None, {}, None)
-    settings = EmbeddingSettings(source="untrained", grid_mm=8.0).resolved()
+    settings = EmbeddingSettings(source="untrained", grid_mm=8.0, tokens="decoder").resolved()
     embedding = embed_case(case, settings)
     assert embedding.dim == 96  # cpu-tiny first decoder stage: 4 x feature size 24
     np.testing.assert_allclose(np.linalg.norm(embedding.vectors.astype(np.float32), axis=1), 1, atol=5e-3)
@@ -76,6 +76,17 @@ def test_untrained_backbone_embeds_a_volume_window_by_window():
     # Different places get different vectors: the map is stitched from windows, not one repeated vector.
     similarity = embedding.vectors.astype(np.float32) @ embedding.vectors[0].astype(np.float32)
     assert similarity.min() < 0.99
+
+
+def test_both_token_sets_join_into_vectors_whose_cosine_is_the_mean_of_the_parts():
+    image = synthetic_ct(shape=(40, 36, 30), spacing_mm=2.0)
+    case = LoadedCase(CaseRecord("synthetic", Path("synthetic.nii.gz")), image, None, {}, None)
+    parts = {tokens: embed_case(case, EmbeddingSettings(source="untrained", grid_mm=8.0, tokens=tokens).resolved())
+             for tokens in ("decoder", "encoder", "both")}
+    both = parts["both"].vectors.astype(np.float32)
+    assert both.shape[1] == 96 + 192  # cpu-tiny: first decoder stage 4 x 24, bottleneck 8 x 24
+    cosine = {t: parts[t].vectors.astype(np.float32) @ parts[t].vectors[0].astype(np.float32) for t in parts}
+    np.testing.assert_allclose(cosine["both"], (cosine["decoder"] + cosine["encoder"]) / 2, atol=1e-2)
 
 
 def test_shards_cover_every_case_once(records):

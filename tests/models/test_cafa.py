@@ -30,6 +30,23 @@ def test_attention_picks_the_key_that_matches_the_query():
     assert attn[0, 0].argmax(dim=-1).tolist() == [2, 0]
 
 
+def test_attention_is_not_uniform_for_inputs_at_the_scale_of_prototype_scores():
+    # Head outputs are cosines with the prototypes (entries ~0.1); the attention must still tell keys apart.
+    torch.manual_seed(0)
+    cafa = build_cafa(tiny_config()).eval()
+    _, attn = cafa(0.1 * torch.randn(2, 8, 48), 0.1 * torch.randn(2, 64, 48))
+    assert attn.max(dim=-1).values.mean() > 1.3 / 64
+
+
+def test_the_output_depends_on_the_query_through_the_residual():
+    torch.manual_seed(0)
+    cafa = build_cafa(tiny_config()).eval()
+    with torch.no_grad():
+        cafa.w_q.weight.zero_()  # every query then attends alike
+    out, _ = cafa(torch.randn(1, 8, 48), torch.randn(1, 64, 48))
+    assert (out[0, 0] - out[0, 1]).abs().max() > 0.1
+
+
 def test_every_parameter_gets_a_finite_gradient():
     cafa = build_cafa(tiny_config()).train()
     out, _ = cafa(torch.randn(2, 8, 48), torch.randn(2, 64, 48))

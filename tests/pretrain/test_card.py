@@ -9,6 +9,7 @@ from alice.pretrain.card import ship_checkpoint, write_card
 from alice.pretrain.train import load_checkpoint
 
 QUALITY = {"source_case": "case0", "key_cases": ["case1"],
+           "sources": {"alice": {"source": "alice", "network": "teacher", "tokens": "both"}},
            "methods": {"alice": {"mre_mm": 12.345, "median_mm": 10.0, "max_mm": 30.0, "within_10mm": 0.5, "n": 4}}}
 
 
@@ -34,17 +35,22 @@ def test_the_card_reports_the_runs_own_figures(finished_run, tmp_path):
     logit_range = sum(m["cls_logit_range"] for m in metrics) / len(metrics)
     assert f"span {logit_range:.3f}" in text
     assert "| alice | 12.35 | 10.00 | 30.00 | 50% | 4 |" in text
-    assert "Not in Alice" not in text  # the tiny run trains the paper's losses only
+    assert "every 6 mm (Alice: teacher backbone, both tokens):" in text
+    assert "Not in Alice: a uniformity term" not in text  # the tiny run trains without it
     uniform = math.log(load_checkpoint(shipped)["config"]["model"]["head_out_dim"])
     assert ("Known weakness" in text) == (cls > 0.98 * uniform)
 
 
 def test_the_card_names_the_terms_that_are_not_alices(finished_run, tmp_path):
     config = runs.read_config(finished_run)
-    config["loss"]["uniformity_weight"] = 0.5
+    config["loss"].update(uniformity_weight=0.5, target_queries="student")
     payload = load_checkpoint(runs.checkpoint_path(finished_run))
     payload["config"] = config
     edited = tmp_path / "edited.pt"
     torch.save(payload, edited)
     text = write_card(finished_run, edited, tmp_path / "card.md", "alice pretrain", QUALITY).read_text()
     assert "Not in Alice: a uniformity term on the cls embeddings (weight 0.5, `loss.uniformity_weight`)" in text
+    assert "CAFA's target branch" not in text  # the student's queries are the official code's
+    default = write_card(finished_run, runs.checkpoint_path(finished_run), tmp_path / "default.md", "alice pretrain",
+                         QUALITY).read_text()
+    assert "Not in Alice: CAFA's target branch takes the teacher's unmasked encoder tokens" in default

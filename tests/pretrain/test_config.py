@@ -70,6 +70,7 @@ def test_bad_overrides_name_the_key(override, message):
     (["model.roi=40"], ["roi 40 must be a positive multiple of patch_size 2 * 2**3 = 16"]),
     (["views.mode=sideways", "mask.ratio=1.0"], ["views.mode='sideways' is not one of", "mask.ratio=1 is not in [0, 1)"]),
     (["loss.kv_source=teacher", "loss.target_attn=copy"], ["loss.kv_source='teacher'", "loss.target_attn='copy'"]),
+    (["loss.target_queries=both"], ["loss.target_queries='both' is not one of ['teacher', 'student']"]),
     (["model.head_patch_out_dim=128"], ["model.head_out_dim=256 must equal model.head_patch_out_dim=128"]),
 ])
 def test_inconsistent_configs_are_refused_at_start_naming_the_values(overrides, messages):

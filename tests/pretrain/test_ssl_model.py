@@ -62,7 +62,7 @@ def test_losses_outputs_and_no_teacher_gradient(batch):
 
 @pytest.mark.parametrize("loss, teacher_has_cafa, tokens_key", [
     ({"kv_source": "teacher_encoder", "target_attn": "ema"}, True, "enc_tokens"),
-    ({"kv_source": "teacher_decoder", "target_attn": "shared"}, False, "enc_tokens"),
+    ({"kv_source": "teacher_decoder", "target_attn": "shared", "target_queries": "student"}, False, "enc_tokens"),
     ({"cafa": False}, False, "dec_tokens"),
 ])
 def test_cafa_variants(batch, loss, teacher_has_cafa, tokens_key):
@@ -125,3 +125,14 @@ def test_the_uniformity_term_is_off_by_default_and_queues_the_students_embedding
     expected = out["loss/cls"] + out["loss/patch"] + out["loss/rec"] + 0.5 * out["loss/uniformity"]
     assert out["loss/uniformity"].item() < 0 and out["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
     assert 0 < out["cls_logit_range"].item() <= 2  # cosine scores of unit prototypes
+
+
+@pytest.mark.parametrize("target_queries, target_follows_the_mask", [("teacher", False), ("student", True)])
+def test_the_token_target_comes_from_the_unmasked_teacher_unless_student_queries_are_asked(
+        batch, target_queries, target_follows_the_mask):
+    model = build(target_queries=target_queries).eval()
+    other_masks = PairBatch(batch.query, batch.key, ~batch.query_mask, ~batch.key_mask, batch.pairs)
+    with torch.no_grad():
+        first = model.compute_losses(batch, teacher_temp=0.01)["teacher_tokens"]
+        second = model.compute_losses(other_masks, teacher_temp=0.01)["teacher_tokens"]
+    assert torch.equal(first, second) != target_follows_the_mask

@@ -11,7 +11,7 @@ from alice.errors import InputError
 from alice.segment.evaluate import compare_methods, ensure_run, evaluate_run
 from alice.segment.predict import EVALUATION_FILE
 from alice.segment.train import finetune
-from tests.segment.conftest import tiny_finetune_config
+from tests.segment.conftest import tiny_finetune_config, write_alice_checkpoint
 
 
 def test_a_run_is_scored_on_the_held_out_cases_and_the_scores_are_cached(finished_run):
@@ -69,6 +69,16 @@ def test_ensure_run_resumes_a_stopped_run_and_refuses_another_config(labelled_co
     assert [m["step"] for m in runs.read_metrics(tmp_path / "run")] == [1, 2, 3]
     with pytest.raises(InputError, match=r"another config \(run.seed: 0 -> 1\)"):
         ensure_run(dataclasses.replace(config, run=dataclasses.replace(config.run, seed=1)), tmp_path / "run")
+
+
+def test_ensure_run_refuses_a_run_whose_pretrained_weights_were_retrained_since(labelled_cohort, tmp_path):
+    checkpoint = write_alice_checkpoint(tmp_path / "alice.pt", seed=1)
+    config = dataclasses.replace(tiny_finetune_config(labelled_cohort, steps=1), init=str(checkpoint))
+    ensure_run(config, tmp_path / "run")
+    ensure_run(config, tmp_path / "run")  # the same weights: reused
+    write_alice_checkpoint(checkpoint, seed=2)  # retrained at the same path
+    with pytest.raises(InputError, match="fine-tuned from other weights than .*alice.pt holds now"):
+        ensure_run(config, tmp_path / "run")
 
 
 def test_the_cli_fine_tunes_from_alice_scores_predicts_and_exports(labelled_cohort, alice_checkpoint, tmp_path,
