@@ -3,9 +3,10 @@
 Sources (``EmbeddingSettings.source``):
 
 - ``alice``: an Alice pretraining checkpoint (the shipped one by default); the teacher's or the student's backbone,
-  its encoder (bottleneck) or decoder (first decoder stage) tokens, or both joined. The case is resampled to ``spacing_mm``,
-  windowed like the training crops, and run through the backbone window by window with MONAI's sliding-window
-  inference, which stitches the token maps of overlapping windows into one map at the tokens' stride.
+  its encoder (bottleneck) or decoder (first decoder stage) tokens, or both joined. The case is resampled to
+  ``spacing_mm``, windowed like the training crops, and run through the backbone window by window with MONAI's
+  sliding-window inference, which stitches the token maps of overlapping windows into one map at the tokens'
+  stride.
 - ``sam``: the SAM checkpoint's cached local and upsampled global maps (``local``, ``global``, or ``both``:
   the two unit vectors concatenated and scaled by 1/sqrt(2), so a dot product is SAM's matching score).
 - ``untrained``: the Alice backbone with seeded random weights, the control.
@@ -61,8 +62,8 @@ class EmbeddingSettings:
         network: ``teacher`` or ``student`` backbone (``alice``, ``untrained``).
         tokens: ``decoder``, ``encoder`` or ``both`` tokens (``alice``, ``untrained``); ``both`` (default) joins
             them as SAM joins its local and global parts: the coarse bottleneck tokens, which the cross-patient cls
-            loss trains, say where in the body; on the landmarks it lowers the shipped checkpoint's error by a
-            quarter against decoder tokens alone (bench/RESULTS.md).
+            loss trains, say where in the body; on the landmarks it lowers the shipped checkpoint's error by about
+            a quarter against decoder tokens alone (bench/RESULTS.md).
         sam_part: ``both``, ``local`` or ``global`` (``sam``).
         grid_mm: lattice spacing of the stored vectors.
         overlap: sliding-window overlap (``alice``, ``untrained``).
