@@ -98,17 +98,29 @@ def read_backbone(source: str | Path) -> tuple[ModelConfig, dict[str, torch.Tens
         InputError: a missing file, or a checkpoint that is not an Alice pretraining checkpoint.
     """
     source = Path(source)
+    weights_path = backbone_weights_file(source)
     if (source / "configs" / "model.json").exists():
-        config_path, weights_path = source / "configs" / "model.json", source / "models" / "model.pt"
+        config = ModelConfig.from_dict(json.loads((source / "configs" / "model.json").read_text()))
+        return config, torch.load(weights_path, map_location="cpu", weights_only=True), weights_path
+    payload = load_checkpoint(weights_path)
+    return PretrainConfig.from_dict(payload["config"]).model, student_backbone_state(payload), weights_path
+
+
+def backbone_weights_file(source: str | Path) -> Path:
+    """The file holding a pretrained backbone's weights (see ``read_backbone`` for the sources), without reading it.
+
+    Raises:
+        InputError: a bundle without its weights, or a folder that is neither a bundle nor a run folder.
+    """
+    source = Path(source)
+    if (source / "configs" / "model.json").exists():
+        weights_path = source / "models" / "model.pt"
         if not weights_path.is_file():
             raise InputError(weights_path, "missing from the bundle")
-        config = ModelConfig.from_dict(json.loads(config_path.read_text()))
-        return config, torch.load(weights_path, map_location="cpu", weights_only=True), weights_path
+        return weights_path
     if source.is_dir() and not runs.checkpoint_path(source).exists():
         raise InputError(source, "is neither a bundle (configs/model.json) nor a run folder (checkpoints/last.pt)")
-    checkpoint = runs.checkpoint_path(source) if source.is_dir() else source
-    payload = load_checkpoint(checkpoint)
-    return PretrainConfig.from_dict(payload["config"]).model, student_backbone_state(payload), checkpoint
+    return runs.checkpoint_path(source) if source.is_dir() else source
 
 
 def load_exported_backbone(bundle_dir: str | Path) -> nn.Module:

@@ -20,7 +20,7 @@ from torch import nn
 
 from alice.errors import InputError
 from alice.models.build import ModelConfig, build_backbone
-from alice.pretrain.export import read_backbone
+from alice.pretrain.export import backbone_weights_file, read_backbone
 
 SCRATCH = "scratch"
 CHECKPOINT_KIND = "segmentation"
@@ -101,7 +101,7 @@ def initial_weights_hash(init: str) -> str:
     a retrained checkpoint apart from the one at the same path before it."""
     from alice.anatomy.cache import content_hash
 
-    return SCRATCH if init == SCRATCH else content_hash(read_backbone(init)[2])
+    return SCRATCH if init == SCRATCH else content_hash(backbone_weights_file(init))
 
 
 def checkpoint_payload(model: SegmentationNet, config: dict, step: int, **extra) -> dict:
