@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from alice.data.io import Volume
+from alice.data.io import AIR_HU, Volume
 
 PLANES = ("axial", "coronal", "sagittal")
 
@@ -47,7 +47,6 @@ DEFAULT_WINDOW = "Soft tissue / abdomen"
 ALICE_WINDOW = Window(350, 50)
 # Alice's crop edge in voxels at native spacing (the cpu-tiny preset; the paper's GPU preset uses 64).
 ALICE_CROP_VOXELS = 48
-AIR_HU = -1024.0
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,10 @@ def main() -> None:
         f"Command: `python bench/bench_explore.py`; machine: {machine()}; date: {started}.", "",
         f"(a) `alice eval retrieval` ({quality['source_case']} landmarks -> held-out "
         f"{', '.join(quality['key_cases'])}; dense embeddings every 6 mm, sub-lattice refinement):", "",
-        *rows, "", "Real patients (no shared labelled structure with the source scan):", "", *cycles, "",
+        *rows, "", "Settings of each source: " + "; ".join(
+            f"{name}: " + ", ".join(f"{k} {v}" for k, v in settings.items() if k not in ("source", "checkpoint"))
+            for name, settings in quality["sources"].items()) + ".", "",
+        "Real patients (no shared labelled structure with the source scan):", "", *cycles, "",
         f"(b) Dense embedding of {EMBED_CASE} from an empty cache, seconds: "
         + ", ".join(f"{k} {v}" for k, v in embed.items()) + " (SAM reads its whole-case cache; Alice and untrained "
         "run the backbone window by window).", "",

@@ -13,9 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from alice.data.io import Volume, resample_volume
+from alice.data.io import AIR_HU, Volume, resample_volume
 
-AIR_HU = -1024.0
 
 
 @dataclass(frozen=True)

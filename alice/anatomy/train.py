@@ -27,12 +27,11 @@ from alice.anatomy.grid import grid_affine, grid_xyz_mm, sample_at_mm
 from alice.anatomy.loss import SAMLoss
 from alice.anatomy.model import SAMConfig, SAMTrainConfig, build_sam, normalize_hu, save_sam
 from alice.data.cohort import CaseRecord
-from alice.data.io import Volume, load_volume, resample_volume
+from alice.data.io import AIR_HU, Volume, load_volume, resample_volume
 from alice.errors import InputError
 
 log = logging.getLogger(__name__)
 
-AIR_HU = -1024.0
 # Seeds keep this far (in view extents) from a view's edge, so the shared point is inside both views.
 SEED_MARGIN = 0.8
 

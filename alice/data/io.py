@@ -29,6 +29,8 @@ NRRD_SUFFIXES = (".nrrd", ".nhdr")
 SUPPORTED = "NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr) or a DICOM series folder"
 # Grids closer than this (mm, in any affine entry) count as the same grid.
 AFFINE_TOLERANCE_MM = 1e-3
+# CT air; the value that stands for "outside the scan" wherever a CT is padded or shifted.
+AIR_HU = -1024.0
 
 
 @dataclass(frozen=True, eq=False)

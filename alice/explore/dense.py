@@ -110,8 +110,12 @@ class EmbeddingSettings:
         common = {"source": self.source, "grid_mm": self.grid_mm}
         if self.source == "sam":
             return {**common, "sam_part": self.sam_part}
+        from alice.pretrain.train import FORMAT_VERSION as NETWORK_VERSION
+
+        # The network version too: a change to the backbone's code changes the untrained source's vectors, whose
+        # settings and (absent) checkpoint stay the same.
         network = {"network": self.network, "tokens": self.tokens, "overlap": self.overlap,
-                   "spacing_mm": self.spacing_mm}
+                   "spacing_mm": self.spacing_mm, "network_version": NETWORK_VERSION}
         if self.source == "untrained":
             return {**common, **network, "preset": self.preset, "seed": self.seed}
         return {**common, **network}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
@@ -20,7 +21,7 @@ from torch import nn
 class CAFA(nn.Module):
     """Post-norm Transformer cross-attention block (as the official code's): multi-head attention from queries to
     keys, residual from the queries and LayerNorm, then a ReLU feed-forward network, residual and LayerNorm. Queries
-    and keys are LayerNorm-ed first (see ``__init__``).
+    and keys are LayerNorm-ed first (see ``__init__``), and the output tokens have unit length (see ``forward``).
 
     Args:
         d_model: token width of queries, keys and the output.
@@ -56,8 +57,9 @@ class CAFA(nn.Module):
             keys: (B, Nk, d_model).
 
         Returns:
-            The aligned tokens (B, Nq, d_model) and the attention (B, n_head, Nq, Nk) before dropout, each row a
-            distribution over the keys (for display; map Nk back to space with the keys' token grid).
+            The aligned tokens (B, Nq, d_model), unit vectors, and the attention (B, n_head, Nq, Nk) before
+            dropout, each row a distribution over the keys (for display; map Nk back to space with the keys' token
+            grid).
         """
         queries, keys = self.norm_queries(queries), self.norm_keys(keys)
         q = rearrange(self.w_q(queries), "b n (h d) -> b h n d", h=self.n_head)
@@ -67,7 +69,12 @@ class CAFA(nn.Module):
         attn = torch.softmax(q @ k.transpose(-2, -1) * self.d_k ** -0.5, dim=-1)
         mixed = rearrange(self.attn_dropout(attn) @ v, "b h n d -> b n (h d)")
         x = self.norm_attn(queries + self.dropout(self.fc(mixed)))
-        return self.norm_ffn(x + self.ffn(x)), attn
+        # The token loss reads these as prototype scores at the temperatures of the cls scores (cosines). At the
+        # LayerNorm's scale (entries ~1) a teacher temperature of 0.01 made every target one-hot on one prototype:
+        # the token loss fell to ~0 by step 250, the attention went uniform again (peak 1.05x) and all tokens
+        # got the same output (cosine 0.998). As unit vectors (entries ~1/sqrt(d_model)), measured at step 300:
+        # attention peak 4.5x uniform, output tokens at mean cosine 0.18.
+        return F.normalize(self.norm_ffn(x + self.ffn(x)), dim=-1), attn
 
     def ema_copy(self) -> CAFA:
         """A frozen copy for the target branch: same weights, no gradients, eval mode (no dropout). It is meant

@@ -2,10 +2,10 @@
 
 Alice (Jiang et al., ICCV 2023, arXiv 2302.05615) pretrains an nnFormer (Zhou et al., "nnFormer: Volumetric
 Medical Image Segmentation via a 3D Transformer", IEEE TIP 2023): a convolutional patch embedding, four
-stages of 3D Swin window attention with shifted windows and strided-conv patch merging, a decoder with
-upsampling whose first block per stage attends from the upsampled tokens to the encoder skip,
-and a transposed conv back to the input resolution. Written from the method description; it departs from the
-official code where that code is broken: the absolute position embedding is a learned parameter (saved, EMA'd
+stages of 3D Swin window attention with shifted windows and strided-conv patch merging, a decoder whose
+stages add the encoder skip to the upsampled tokens and whose first block per stage attends from that sum to
+the skip, and a transposed conv back to the input resolution. Written from the method description; it departs
+from the official code where that code is broken: the absolute position embedding is a learned parameter (saved, EMA'd
 and exported with the weights), every token map is flattened in one (X, Y, Z) C order (see
 ``alice.models.tokens``), and the decoder upsamples by interpolation, not by transposed convs (``PatchExpanding``).
 
@@ -321,7 +321,10 @@ class NnFormer(nn.Module):
         h = bottleneck = skips.pop()  # (B, X/8p, Y/8p, Z/8p, 8 fs)
         decoded = []
         for up, blocks, skip in zip(self.ups, self.decoder, reversed(skips)):
-            h = blocks[0](up(h), context=skip)
+            # The skip joins the residual stream, as in nnFormer: through attention alone (an average over a
+            # window) the decoder lost the encoder's detail below the window size, so fine-tuning could not
+            # fit thin structures (aorta, vertebrae) at all.
+            h = blocks[0](up(h) + skip, context=skip)
             for block in blocks[1:]:
                 h = block(h)
             decoded.append(h)

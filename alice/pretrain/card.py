@@ -67,6 +67,9 @@ def write_card(run_dir: str | Path, checkpoint: str | Path, card: str | Path, co
     if loss.get("cafa") and loss.get("target_queries") == "teacher":
         departures.append("CAFA's target branch takes the teacher's unmasked encoder tokens as queries "
                           "(`loss.target_queries=teacher`), so the token loss cannot be met by silencing the attention")
+    if loss.get("cafa"):
+        departures.append("CAFA normalises its input tokens and returns unit-length output tokens, the scale of the "
+                          "prototype scores the temperatures are set for (`alice.models.cafa`)")
     extra_note = "".join(f"\n- Not in Alice: {d}." for d in departures)
     alice_source = quality.get("sources", {}).get("alice", {})
     tokens_note = (f" (Alice: {alice_source['network']} backbone, {alice_source['tokens']} tokens)"

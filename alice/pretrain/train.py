@@ -40,7 +40,7 @@ from alice.pretrain.views import PairSampler, load_mining_cases
 log = logging.getLogger(__name__)
 
 CHECKPOINT_KIND = "alice"
-FORMAT_VERSION = 3  # 2: parity-free decoder upsampling; 3: CAFA input norms
+FORMAT_VERSION = 4  # 2: parity-free decoder upsampling; 3: CAFA input norms; 4: decoder skips, unit CAFA tokens
 METRIC_KEYS = ("loss", "loss/cls", "loss/patch", "loss/rec", "loss/uniformity", "cls_agreement", "cls_logit_range")
 
 

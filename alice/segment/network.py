@@ -2,10 +2,9 @@
 
 As in the official hand-off (``extract_backbone_weights.py`` keeps encoder and decoder; Jiang et al., ICCV 2023),
 fine-tuning starts from the pretrained encoder and decoder and learns a new output layer: a transposed conv of the
-same stride as the reconstruction layer, on the backbone's last decoder map (``features``), normalised first. The
-decoder's features are nearly constant over space (a large shared part, a small varying one), so a head on the raw
-features learnt the class priors long before anything local and fine-tuning sat at all-background; instance
-normalisation (per crop and channel, as nnU-Net normalises) keeps only the spatial variation. The backbone is kept
+same stride as the reconstruction layer, on the backbone's last decoder map (``features``), normalised first:
+instance normalisation (per crop and channel, as nnU-Net normalises) hands the new layer the features' spatial
+variation, not the part shared by the whole crop, so it does not learn the class priors first. The backbone is kept
 whole (its unused reconstruction layer included) so pretrained weights load strictly, key for key.
 """
 
@@ -24,7 +23,7 @@ from alice.pretrain.export import backbone_weights_file, read_backbone
 
 SCRATCH = "scratch"
 CHECKPOINT_KIND = "segmentation"
-FORMAT_VERSION = 3  # 3: parity-free decoder upsampling
+FORMAT_VERSION = 4  # 3: parity-free decoder upsampling; 4: decoder skips added
 # The ModelConfig fields that decide the backbone's weights; the others (drop path, head, CAFA) may differ.
 ARCHITECTURE_FIELDS = ("backbone", "roi", "in_channels", "feature_size", "depths", "num_heads", "window_sizes",
                        "patch_size")

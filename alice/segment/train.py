@@ -29,6 +29,7 @@ from alice import paths, runs
 from alice.atomic import atomic_write
 from alice.config import apply_overrides, build_dataclass, plain_data
 from alice.data.cohort import LoadedCase, load_case, load_manifest
+from alice.data.io import AIR_HU
 from alice.errors import InputError
 from alice.models.build import PRESETS as MODEL_PRESETS
 from alice.models.build import ModelConfig
@@ -87,17 +88,16 @@ class SegOptimConfig:
     Attributes:
         lr: peak learning rate of the backbone.
         min_lr: learning rate of the backbone at the last step.
-        head_lr_scale: the new output layer learns this many times faster: it starts from nothing and its logits
-            grow only as fast as AdamW moves its weights, so at the backbone's rate a 600-step run ends before
-            the head predicts any structure confidently.
+        head_lr_scale: the new output layer learns this many times faster: it starts from nothing, and its logits
+            grow only as fast as AdamW moves its weights.
         warmup_steps: linear warm-up steps.
         weight_decay: AdamW weight decay (none on biases and norms).
         batch_size: crops per step.
     """
 
-    lr: float = 5e-4
+    lr: float = 1e-3
     min_lr: float = 1e-5
-    head_lr_scale: float = 10.0
+    head_lr_scale: float = 5.0
     warmup_steps: int = 20
     weight_decay: float = 1e-4
     batch_size: int = 2
@@ -111,12 +111,16 @@ class AugmentConfig:
         foreground_fraction: share of crops centred on a voxel of a class (drawn uniformly among the case's
             classes, so small organs are seen); the others are centred anywhere in the volume.
         flip_prob: probability of a flip along each axis (off: anatomy is lateralised).
+        contrast: before windowing, a crop's HU above air are scaled by a uniform factor in [1 - c, 1 + c]:
+            scanners and patients differ by about that much (soft tissue moves by up to ~100 HU, a third of the
+            default window), more than the shift and scale below can imitate.
         intensity_shift: crops get a uniform shift in [-s, s] of the windowed [0, 1] values.
         intensity_scale: and a uniform scale in [1 - s, 1 + s].
     """
 
     foreground_fraction: float = 0.67
     flip_prob: float = 0.0
+    contrast: float = 0.1
     intensity_shift: float = 0.1
     intensity_scale: float = 0.1
 
@@ -235,6 +239,7 @@ def validate(config: FinetuneConfig) -> None:
     check(0 <= augment.foreground_fraction <= 1,
           f"augment.foreground_fraction={augment.foreground_fraction:g} is not in [0, 1]")
     check(0 <= augment.flip_prob <= 1, f"augment.flip_prob={augment.flip_prob:g} is not in [0, 1]")
+    check(0 <= augment.contrast < 1, f"augment.contrast={augment.contrast:g} is not in [0, 1)")
     check(0 <= augment.intensity_scale < 1, f"augment.intensity_scale={augment.intensity_scale:g} is not in [0, 1)")
     check(augment.intensity_shift >= 0, f"augment.intensity_shift={augment.intensity_shift:g} must not be negative")
     for name in ("steps", "val_every", "checkpoint_every"):
@@ -276,30 +281,30 @@ def labelled_cases(manifest: str | Path, split: str, origins: tuple[str, ...], l
 
 @dataclass(frozen=True, eq=False)
 class TrainingCase:
-    """A case ready for cropping: windowed image and class map, both padded with 0 by half a crop on every side, so
-    the crop centred on voxel c of the original grid is ``[c, c + roi)`` of the padded one along each axis.
+    """A case ready for cropping: HU and class map, padded with air and background by half a crop on every side,
+    so the crop centred on voxel c of the original grid is ``[c, c + roi)`` of the padded one along each axis.
 
     Attributes:
         case_id: the manifest's case id.
-        image: (X + R, Y + R, Z + R) float32 in [0, 1].
+        hu: (X + R, Y + R, Z + R) float32 HU (windowed per crop, after the contrast augmentation).
         classes: the same shape, uint8 class indices.
         voxels: class -> flat indices (original grid) of its voxels, for foreground-biased crops.
         shape: the original grid.
     """
 
     case_id: str
-    image: np.ndarray
+    hu: np.ndarray
     classes: np.ndarray
     voxels: dict[int, np.ndarray]
     shape: tuple[int, int, int]
 
     @classmethod
-    def prepare(cls, case: LoadedCase, classes: np.ndarray, roi: int, hu_window: tuple[float, float]) -> TrainingCase:
+    def prepare(cls, case: LoadedCase, classes: np.ndarray, roi: int) -> TrainingCase:
         half = roi // 2
         flat = classes.ravel()
         voxels = {int(c): np.flatnonzero(flat == c) for c in np.unique(flat) if c != 0}
-        return cls(case.record.case_id, np.pad(window_hu(case.image.array, hu_window), half), np.pad(classes, half),
-                   voxels, classes.shape)
+        hu = np.pad(case.image.array.astype(np.float32), half, constant_values=AIR_HU)
+        return cls(case.record.case_id, hu, np.pad(classes, half), voxels, classes.shape)
 
 
 class CropSampler:
@@ -311,11 +316,14 @@ class CropSampler:
         roi: crop edge in voxels.
         batch_size: crops per batch.
         augment: foreground bias, flips and intensity changes.
+        hu_window: HU mapped to the network's [0, 1].
         seed: seeds the generator.
     """
 
-    def __init__(self, cases: list[TrainingCase], roi: int, batch_size: int, augment: AugmentConfig, seed: int):
+    def __init__(self, cases: list[TrainingCase], roi: int, batch_size: int, augment: AugmentConfig,
+                 hu_window: tuple[float, float], seed: int):
         self.cases, self.roi, self.batch_size, self.augment = cases, roi, batch_size, augment
+        self.hu_window = hu_window
         self.rng = np.random.default_rng(seed)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -330,7 +338,9 @@ class CropSampler:
             else:
                 centre = [rng.integers(n) for n in case.shape]
             window = tuple(slice(c, c + self.roi) for c in centre)
-            image, label = case.image[window], case.classes[window]
+            contrast = 1 + rng.uniform(-augment.contrast, augment.contrast)
+            image = window_hu((case.hu[window] - AIR_HU) * contrast + AIR_HU, self.hu_window)
+            label = case.classes[window]
             for axis in range(3):
                 if rng.random() < augment.flip_prob:
                     image, label = np.flip(image, axis), np.flip(label, axis)
@@ -398,7 +408,7 @@ def _loop(config: FinetuneConfig, out_dir: Path, payload: dict | None,
           progress: Callable[[int, int, dict], None] | None) -> Path:
     data, optim, run, roi = config.data, config.optim, config.run, config.model.roi
     label_set = get_label_set(data.label_set)
-    train = [TrainingCase.prepare(case, classes, roi, data.hu_window) for case, classes in
+    train = [TrainingCase.prepare(case, classes, roi) for case, classes in
              labelled_cases(data.manifest, data.split, data.origins, data.train_cases, label_set)]
     if not train:
         raise InputError(data.manifest, f"has no labelled case of origin {list(data.origins)} in split "
@@ -416,7 +426,7 @@ def _loop(config: FinetuneConfig, out_dir: Path, payload: dict | None,
         group["weight_decay"] = optim.weight_decay
     optimizer = torch.optim.AdamW(groups, lr=0.0)
     loss_fn = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, batch=True)
-    sampler = CropSampler(train, roi, optim.batch_size, config.augment, run.seed)
+    sampler = CropSampler(train, roi, optim.batch_size, config.augment, data.hu_window, run.seed)
     lrs = lr_schedule(optim.lr, optim.min_lr, run.steps, optim.warmup_steps)
     step, best_dice = 0, None
     if payload:

@@ -67,3 +67,13 @@ def test_the_ema_copy_is_frozen_independent_and_equal_at_first():
         cafa.w_q.weight.add_(1.0)
     assert not torch.equal(cafa.w_q.weight, target.w_q.weight)
     assert isinstance(copy.deepcopy(target), CAFA)
+
+
+def test_output_tokens_are_unit_vectors_that_differ_between_queries():
+    # Unit length keeps the token loss at the scale its temperatures were set for (that of cosine scores).
+    cafa = CAFA(d_model=64, n_head=2, d_k=16, d_inner=128, dropout=0.0).eval()
+    queries, keys = 0.1 * torch.randn(2, 27, 64), 0.1 * torch.randn(2, 27, 64)
+    out, _ = cafa(queries, keys)
+    torch.testing.assert_close(out.norm(dim=-1), torch.ones(2, 27))
+    cosines = out @ out.transpose(1, 2)
+    assert cosines[:, ~torch.eye(27, dtype=torch.bool)].mean() < 0.5

@@ -117,3 +117,20 @@ def test_upsampling_has_no_parity_pattern():
     out = up(varying)
     for i, j, k in itertools.product(range(6), repeat=3):
         torch.testing.assert_close(out[0, i, j, k], up.proj(varying[0, i // 2, j // 2, k // 2]))
+
+
+def test_decoder_features_keep_the_detail_of_one_patch():
+    # Changing the input inside one patch must change the decoder's features at that patch far more than far
+    # away: the encoder skip joins the decoder directly. Through cross-attention alone (a window average at
+    # initialisation) the response was nearly as large everywhere as at the patch itself.
+    from alice.models.build import build_backbone
+
+    from .conftest import tiny_config
+
+    model = build_backbone(tiny_config()).eval()
+    x = torch.rand(1, 1, 32, 32, 32)
+    changed = x.clone()
+    changed[..., 4:6, 4:6, 4:6] += 1.0  # the patch of cell (2, 2, 2) on the 16^3 feature grid
+    with torch.no_grad():
+        change = (model(changed)["features"] - model(x)["features"]).norm(dim=1)[0]
+    assert change[2, 2, 2] > 100 * change[8:, 8:, 8:].max()

@@ -90,3 +90,29 @@ def test_a_cohort_without_labelled_training_cases_is_refused(labelled_cohort, tm
     with caplog.at_level(logging.WARNING), pytest.raises(InputError, match=r"no labelled case of origin \['real'\]"):
         finetune(config, tmp_path / "run")
     assert runs.read_status(tmp_path / "run")["state"] == "failed"
+
+
+def test_the_contrast_augmentation_scales_hu_above_air_per_crop():
+    # One tissue value inside the window and air around it: the contrast factor moves the tissue from crop to
+    # crop, and air (also the padding outside the scan) stays at the bottom of the window.
+    import numpy as np
+
+    from alice.segment.train import AugmentConfig, CropSampler, TrainingCase
+
+    hu = np.full((24, 24, 24), -1024.0, dtype=np.float32)
+    hu[:, :, 12:] = 40.0
+    classes = (hu > 0).astype(np.uint8)
+    case = TrainingCase("synthetic", np.pad(hu, 8, constant_values=-1024.0), np.pad(classes, 8),
+                        {1: np.flatnonzero(classes)}, hu.shape)
+    window = (-160.0, 240.0)
+
+    def tissue_values(contrast: float) -> np.ndarray:
+        augment = AugmentConfig(contrast=contrast, intensity_shift=0.0, intensity_scale=0.0,
+                                foreground_fraction=1.0)
+        images, labels = CropSampler([case], 16, 8, augment, window, seed=0).next_batch()
+        assert (images[labels == 0] == 0).all()
+        return np.array([float(images[i][labels[i] == 1].mean()) for i in range(len(images))])
+
+    np.testing.assert_allclose(tissue_values(0.0), 0.5)
+    shifted = tissue_values(0.1)
+    assert shifted.std() > 0.05 and (np.abs(shifted - 0.5) <= 0.1 * 1064 / 400 + 1e-6).all()
