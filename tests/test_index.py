@@ -81,7 +81,21 @@ def test_default_kinds_follow_size_and_memory_budget(data):
     assert compressed.kind == "ivfpq"
     meta = compressed.metadata
     assert {"nlist", "nprobe", "pq_m", "pq_nbits"} <= meta["params"].keys()
+    assert meta["params"]["refine"] is None  # not even one byte per dimension fits this budget
     assert meta["bytes_per_vector"] < 4 * DIM and 0 < meta["recall_at_10"] <= 1
+
+
+def test_compressed_index_re_ranks_with_8_bit_codes_where_they_fit(data, indexes):
+    parts, queries = data
+    exact = np.argsort(-queries @ all_vectors(parts).T, axis=1)[:, :10]
+    refined = indexes["ivfpq"]  # the machine's memory holds one byte per dimension
+    assert refined.metadata["params"]["refine"] == "SQ8"
+    assert DIM < refined.metadata["bytes_per_vector"] < 4 * DIM
+    pq_only = build_index(parts, "src", kind="ivfpq", memory_budget_bytes=1000, recall_queries=300)
+    assert pq_only.metadata["bytes_per_vector"] < DIM
+    refined_recall = recall_at_k(refined.search(queries, k=10)[1], exact)
+    assert refined_recall >= 0.9
+    assert refined_recall > recall_at_k(pq_only.search(queries, k=10)[1], exact) + 0.1
 
 
 @pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw", "ivfpq"])

@@ -9,7 +9,9 @@ for nearest neighbor search", TPAMI 2011):
 - ``hnsw``: ``IndexHNSWFlat``, a graph; on request (faster per query, slower to build on few cores, and the
   graph must be walked far to search one small case);
 - ``ivfpq``: ``IndexIVFPQ``, vectors compressed to a few bytes, when float32 vectors would not fit the memory
-  budget.
+  budget. Where one byte per dimension still fits, an 8-bit scalar-quantised copy of each vector re-ranks the
+  PQ candidates (``IndexRefine``): PQ alone ranks by approximate scores, so probing more lists soon stops raising
+  its recall.
 
 The build measures recall@10 against exact search on a seeded sample of the indexed vectors and raises
 ``nprobe`` / ``efSearch`` until it reaches ``target_recall`` (IVF-PQ: until compression, not probing, limits it);
@@ -40,7 +42,7 @@ from alice.errors import InputError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: IVF-PQ indexes re-rank with 8-bit codes
 INDEX_FILE = "index.faiss"
 METADATA_FILE = "metadata.json"
 KINDS = ("flat", "ivf", "hnsw", "ivfpq")
@@ -65,6 +67,8 @@ TRAIN_POINTS_PER_LIST = 64
 MIN_TRAIN_POINTS = 256 * 256
 # IVF-PQ: one byte per 4 dimensions (32 bytes for 128-d); the stop rule when more probing no longer helps.
 PQ_DIMS_PER_BYTE = 4
+# IVF-PQ with re-ranking: the PQ stage returns this many times k candidates for the 8-bit codes to re-rank.
+REFINE_K_FACTOR = 16
 PQ_SATURATION = 0.005
 # IVF-PQ probes at most this share of its lists: past it, scanning codes costs more than the recall it gains.
 PQ_MAX_PROBE_SHARE = 1 / 16
@@ -101,12 +105,16 @@ def available_memory_bytes() -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+def memory_budget(memory_budget_bytes: int | None = None) -> float:
+    """Bytes the index's vectors may take: as given, or ``MEMORY_FRACTION`` of the available RAM."""
+    return MEMORY_FRACTION * available_memory_bytes() if memory_budget_bytes is None else memory_budget_bytes
+
+
 def choose_kind(n_vectors: int, dim: int, exact_max_vectors: int = EXACT_MAX_VECTORS,
                 memory_budget_bytes: int | None = None) -> str:
-    """The index kind for a size: ``ivfpq`` when float32 vectors exceed the memory budget (default
-    ``MEMORY_FRACTION`` of the available RAM), else ``flat`` up to ``exact_max_vectors``, else ``APPROXIMATE_KIND``."""
-    budget = MEMORY_FRACTION * available_memory_bytes() if memory_budget_bytes is None else memory_budget_bytes
-    if n_vectors * dim * 4 > budget:
+    """The index kind for a size: ``ivfpq`` when float32 vectors exceed the ``memory_budget``, else ``flat`` up to
+    ``exact_max_vectors``, else ``APPROXIMATE_KIND``."""
+    if n_vectors * dim * 4 > memory_budget(memory_budget_bytes):
         return "ivfpq"
     return "flat" if n_vectors <= exact_max_vectors else APPROXIMATE_KIND
 
@@ -121,7 +129,8 @@ def build_index(parts: Sequence[IndexPart], source_key: str, *, kind: str | None
         parts: the cases' vectors, all of one dimension.
         source_key: identifies the checkpoint and embedding settings the vectors come from.
         kind: one of ``KINDS``; by default ``choose_kind`` decides.
-        exact_max_vectors, memory_budget_bytes: passed to ``choose_kind``.
+        exact_max_vectors, memory_budget_bytes: passed to ``choose_kind``; the budget also decides whether
+            IVF-PQ keeps 8-bit codes to re-rank with.
         target_recall: search parameters are raised until recall@10 on the sample reaches this.
         recall_queries: how many indexed vectors (a seeded sample) serve as queries to measure recall.
         seed: seeds the training and recall samples.
@@ -137,7 +146,8 @@ def build_index(parts: Sequence[IndexPart], source_key: str, *, kind: str | None
         raise ValueError(f"unknown index kind {kind!r}; expected one of {', '.join(KINDS)}")
     rng = np.random.default_rng(seed)
     start = time.perf_counter()
-    index, params = _make_index(kind, dim, n)
+    refine = kind == "ivfpq" and n * dim <= memory_budget(memory_budget_bytes)
+    index, params = _make_index(kind, dim, n, refine)
     if not index.is_trained:
         train_ids = rng.choice(n, _train_size(n, params["nlist"]), replace=False)
         index.train(_gather(parts, np.sort(train_ids)))
@@ -389,8 +399,8 @@ def _check_parts(parts: Sequence[IndexPart]) -> tuple[int, list[dict]]:
     return next(iter(dims.values())), cases
 
 
-def _make_index(kind: str, dim: int, n: int) -> tuple[faiss.Index, dict]:
-    """An empty index of a kind, and its build parameters."""
+def _make_index(kind: str, dim: int, n: int, refine: bool = False) -> tuple[faiss.Index, dict]:
+    """An empty index of a kind, and its build parameters; ``refine``: IVF-PQ re-ranks with 8-bit codes."""
     if kind == "flat":
         return faiss.IndexFlatIP(dim), {}
     if kind == "hnsw":
@@ -406,8 +416,12 @@ def _make_index(kind: str, dim: int, n: int) -> tuple[faiss.Index, dict]:
         # 8-bit codes need ~39 x 256 training points; small sets get fewer centroids per sub-vector.
         nbits = int(np.clip(math.floor(math.log2(_train_size(n, nlist) / 39)), 1, 8))
         index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)
-        params = {"nlist": nlist, "pq_m": m, "pq_nbits": nbits}
+        params = {"nlist": nlist, "pq_m": m, "pq_nbits": nbits, "refine": "SQ8" if refine else None}
     index.cp.spherical = True  # unit centroids, so the inner product assigns vectors to their nearest cell
+    if kind == "ivfpq" and refine:
+        codes = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.IndexRefine(index, codes)  # trains and fills both stages
+        params["k_factor"] = REFINE_K_FACTOR
     return index, params
 
 
@@ -443,7 +457,10 @@ def _tune(index: faiss.Index, kind: str, params: dict, parts: Sequence[IndexPart
 
 def _search_parameters(kind: str, params: dict, selector: faiss.IDSelector | None) -> faiss.SearchParameters:
     if kind in ("ivf", "ivfpq"):
-        return faiss.SearchParametersIVF(sel=selector, nprobe=params["nprobe"])
+        ivf = faiss.SearchParametersIVF(sel=selector, nprobe=params["nprobe"])
+        if params.get("refine"):  # the selector acts in the PQ stage, which picks the candidates
+            return faiss.IndexRefineSearchParameters(k_factor=params["k_factor"], base_index_params=ivf)
+        return ivf
     if kind == "hnsw":
         return faiss.SearchParametersHNSW(sel=selector, efSearch=params["efSearch"])
     return faiss.SearchParameters(sel=selector)

@@ -55,9 +55,13 @@ def write_card(run_dir: str | Path, checkpoint: str | Path, card: str | Path, co
                   "lowest prototype score; near 0 when every prototype ties)." if logit_range else "")
     cls_note = (f"**Known weakness:** the cls (global) branch collapsed: its loss sits at ln({config['model']['head_out_dim']}) "
                 f"= {uniform:.2f}, the value of a uniform prediction, and teacher-student cls agreement is "
-                f"{mean['cls_agreement']:.2f}. With one view pair per step the centred teacher targets carry little "
-                "information the student can predict. The dense decoder tokens, which the explorer uses, are trained "
-                "by the token (CAFA) and reconstruction losses; their retrieval quality is measured below."
+                f"{mean['cls_agreement']:.2f}. With one view pair per step the centre sees two crops at a time, and the "
+                "student, in the runs examined, settled on one cls embedding for every crop, at which all prototype "
+                "scores tie. A term that spreads the embeddings against a queue of recent ones (the uniformity term "
+                "here, or a MoCo-style contrast tried in development) does not prevent this: the one point drifts "
+                "across the sphere and so stays away from its own earlier positions. The dense tokens, which the "
+                "explorer uses, are trained by the token (CAFA) and reconstruction losses; their retrieval quality "
+                "is measured below."
                 if collapsed else f"cls loss {mean['loss/cls']:.3f} (uniform would be {uniform:.2f}).") + range_note
     loss = config["loss"]
     departures = []
