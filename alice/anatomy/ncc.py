@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from alice.data.io import AIR_HU, Volume, resample_volume
 
 
-
 @dataclass(frozen=True)
 class NCCMatcher:
     """NCC template matching on a grid of ``spacing_mm`` with cubic patches of ``2 * radius + 1`` voxels."""

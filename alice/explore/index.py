@@ -141,13 +141,13 @@ def build_index(parts: Sequence[IndexPart], source_key: str, *, kind: str | None
     """
     dim, cases = _check_parts(parts)
     n = cases[-1]["stop"]
-    kind = kind or choose_kind(n, dim, exact_max_vectors, memory_budget_bytes)
+    budget = memory_budget(memory_budget_bytes)
+    kind = kind or choose_kind(n, dim, exact_max_vectors, budget)
     if kind not in KINDS:
         raise ValueError(f"unknown index kind {kind!r}; expected one of {', '.join(KINDS)}")
     rng = np.random.default_rng(seed)
     start = time.perf_counter()
-    refine = kind == "ivfpq" and n * dim <= memory_budget(memory_budget_bytes)
-    index, params = _make_index(kind, dim, n, refine)
+    index, params = _make_index(kind, dim, n, refine=n * dim <= budget)  # 8-bit re-ranking codes where they fit
     if not index.is_trained:
         train_ids = rng.choice(n, _train_size(n, params["nlist"]), replace=False)
         index.train(_gather(parts, np.sort(train_ids)))
@@ -400,7 +400,8 @@ def _check_parts(parts: Sequence[IndexPart]) -> tuple[int, list[dict]]:
 
 
 def _make_index(kind: str, dim: int, n: int, refine: bool = False) -> tuple[faiss.Index, dict]:
-    """An empty index of a kind, and its build parameters; ``refine``: IVF-PQ re-ranks with 8-bit codes."""
+    """An empty index of a kind, and its build parameters; ``refine``: an IVF-PQ index re-ranks with 8-bit codes
+    (other kinds ignore it)."""
     if kind == "flat":
         return faiss.IndexFlatIP(dim), {}
     if kind == "hnsw":
