@@ -391,16 +391,20 @@ def cmd_eval_segmentation(args: argparse.Namespace) -> int:
             raise InputError(None, f"--ablation {item!r} is not NAME=PATH")
         ablations[name] = path
     base = load_finetune_config(_finetune_overrides(args))
+    validation = (args.validation_split, args.validation_origins) if args.validation_split else None
     result = compare_methods(args.checkpoint, ablations, args.seeds, args.methods, base, args.split,
                              on_run=lambda name, seed, run: print(f"{name} seed {seed}: {run}", file=sys.stderr),
-                             ablation_seeds=args.ablation_seeds)
+                             ablation_seeds=args.ablation_seeds, validation=validation)
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"segmentation on split {result['split']!r}: mean Dice over seeds (std), mean HD95")
+    print(f"segmentation on split {result['split']!r}: mean Dice over seeds (std), mean HD95"
+          + (f"; validation Dice on {', '.join(result['validation']['cases'])}" if validation else ""))
     for name, m in result["methods"].items():
+        validation_dice = (f"  validation Dice {_score(m['validation_dice_mean'])} "
+                           f"({_score(m['validation_dice_std'])})" if validation else "")
         print(f"{name:<16} Dice {_score(m['dice_mean'])} ({_score(m['dice_std'])})  HD95 {_score(m['hd95_mean'], 1)} "
-              f"mm  seeds {m['seeds']}")
+              f"mm  seeds {m['seeds']}{validation_dice}")
         print("    " + ", ".join(f"{c} {_score(d)}" for c, d in m["per_structure"].items()))
     return 0
 
@@ -609,6 +613,12 @@ def build_parser() -> argparse.ArgumentParser:
                               help="seeds of the ablations (default: --seeds)")
     _finetune_arguments(segmentation)
     segmentation.add_argument("--split", default="test", help="held-out split (default: %(default)s)")
+    segmentation.add_argument("--validation-split",
+                              help="also score every run on this split's labelled cases of --validation-origins, "
+                                   "to choose settings without the test split (the sample cohort: train)")
+    segmentation.add_argument("--validation-origins", nargs="+", default=["real"],
+                              help="origins of the validation cases (default: %(default)s, the sample cohort's "
+                                   "lidc0001)")
     segmentation.add_argument("--json", action="store_true", help="print one JSON object")
     segmentation.set_defaults(func=cmd_eval_segmentation, seed=None)
 

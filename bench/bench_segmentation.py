@@ -2,12 +2,14 @@
 
 (a) The comparison of ``alice eval segmentation`` (``alice.segment.evaluate.compare_methods``): every method
     fine-tuned on at most 4 labelled training pseudo-subjects and scored on the held-out ``test`` pseudo-subjects,
-    finished runs reused (so the script resumes an interrupted comparison). Written to bench/segmentation.json.
+    and on the validation case lidc0001; finished runs reused (so the script resumes an interrupted comparison).
+    Written to bench/segmentation.json.
 (b) Wall time of each fine-tuning run, from its ``train.log`` (first to last line: training and validation).
 (c) Inference of one held-out case with a fine-tuned network (sliding window, whole case), median of 3.
 
 Run (the command that produced the committed figures):
-``python bench/bench_segmentation.py --ablation NAME=PRETRAINING_RUN ...`` (see RESULTS.md for the ablations).
+``python bench/bench_segmentation.py --seeds 0 1 2 --ablation-seeds 0 1 2 --ablation NAME=PRETRAINING_RUN ...`` (see
+RESULTS.md for the ablations).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, machine, now, write_section
 
 HEADING = "## Segmentation (issue 6)"
+# The sample cohort's validation case: its one real labelled CT (lidc0001), never a fine-tuning case.
+VALIDATION = ("train", ("real",))
 OUTPUT = REPO / "bench" / "segmentation.json"
 LOG_TIME = "%Y-%m-%d %H:%M:%S,%f"
 
@@ -65,13 +69,15 @@ def inference_seconds(run_dir: Path, repeats: int = 3) -> tuple[str, float]:
 def table(result: dict) -> str:
     methods = result["methods"]
     structures = list(next(iter(methods.values()))["per_structure"])
-    rows = ["| method | Dice mean | std | HD95 (mm) | seeds | " + " | ".join(structures) + " |",
-            "|---|---|---|---|---|" + "---|" * len(structures)]
+    rows = ["| method | Dice mean | std | HD95 (mm) | seeds | validation Dice | " + " | ".join(structures) + " |",
+            "|---|---|---|---|---|---|" + "---|" * len(structures)]
     for name, m in methods.items():
         cells = [f"{m['dice_mean']:.3f}" if m["dice_mean"] is not None else "n/a",
                  f"{m['dice_std']:.3f}" if m["dice_std"] is not None else "n/a",
                  f"{m['hd95_mean']:.1f}" if m["hd95_mean"] is not None else "n/a",
-                 " ".join(str(s) for s in m["seeds"])]
+                 " ".join(str(s) for s in m["seeds"]),
+                 f"{m['validation_dice_mean']:.3f} +/- {m['validation_dice_std']:.3f}"
+                 if m.get("validation_dice_mean") is not None else "n/a"]
         cells += [f"{m['per_structure'][s]:.2f}" if m["per_structure"].get(s) is not None else "n/a"
                   for s in structures]
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -92,7 +98,8 @@ def main() -> None:
 
     ablations = dict(item.split("=", 1) for item in args.ablation)
     started = time.perf_counter()
-    result = compare_methods(paths.alice_checkpoint(), ablations, args.seeds, ablation_seeds=args.ablation_seeds)
+    result = compare_methods(paths.alice_checkpoint(), ablations, args.seeds, ablation_seeds=args.ablation_seeds,
+                             validation=VALIDATION)
     comparison_minutes = (time.perf_counter() - started) / 60
     OUTPUT.write_text(json.dumps(result, indent=2) + "\n")
 
@@ -105,7 +112,8 @@ def main() -> None:
     config = FinetuneConfig.from_dict(runs.read_config(run_dirs[0]))
     shipped_steps = load_checkpoint(paths.alice_checkpoint())["step"]
     pretraining = {name: (runs.read_config(path) or {}).get("run", {}).get("steps") for name, path in ablations.items()}
-    command = " ".join(["python bench/bench_segmentation.py", *(f"--ablation {a}" for a in args.ablation)])
+    command = " ".join(["python bench/bench_segmentation.py", "--seeds", *map(str, args.seeds), "--ablation-seeds",
+                        *map(str, args.ablation_seeds), *(f"--ablation {a}" for a in args.ablation)])
     ablation_origin = ("The ablations fine-tune from pretraining runs of "
                        + ", ".join(f"{n}: {k} steps" for n, k in pretraining.items()) if pretraining else
                        "No ablations in this comparison")
@@ -114,7 +122,8 @@ def main() -> None:
                                     if (m := pretraining_minutes(path)) is not None) if ablations else "")
     text = (f"{HEADING}\n\nCommand: `{command}` (the same comparison as `alice eval segmentation --seeds "
             + " ".join([*map(str, args.seeds), "--ablation-seeds", *map(str, args.ablation_seeds),
-                        *(f"--ablation {a}" for a in args.ablation), "--json"])
+                        *(f"--ablation {a}" for a in args.ablation), "--validation-split", VALIDATION[0],
+                        "--validation-origins", *VALIDATION[1], "--json"])
             + f"`); machine: {machine()}; "
             f"date: {now()}. Full output: bench/segmentation.json.\n\n"
             f"(a) Fine-tuned on {config.data.train_cases} labelled training pseudo-subjects (`cpu-tiny` nnFormer, "
@@ -122,6 +131,9 @@ def main() -> None:
             f"fine-tuning); mean Dice over the 9 structures per run, then mean and std over seeds. {ablation_origin}"
             f" (the shipped `alice` checkpoint: {shipped_steps} steps):\n\n"
             f"{table(result)}\n\n"
+            f"Validation Dice: the same runs scored on {', '.join(result['validation']['cases'])} (the real labelled "
+            "CT the pseudo-subjects derive from; never fine-tuned on, and not a test case), where choices such as "
+            "the pretraining length are made.\n\n"
             f"Alice - scratch: {100 * (alice - scratch):+.2f} Dice points (goal: at least +2).\n\n"
             f"(b) Fine-tuning run wall time (training and validation), minutes, scratch and Alice runs: median "
             f"{statistics.median(main_minutes):.1f}, max {max(main_minutes):.1f} over {len(main_minutes)} runs "

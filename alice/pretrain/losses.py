@@ -78,6 +78,19 @@ class ClsLoss(CenteredCrossEntropy):
         return 0.5 * (self.cross_entropy(student_key, teacher_query, teacher_temp)
                       + self.cross_entropy(student_query, teacher_key, teacher_temp))
 
+    @torch.no_grad()
+    def agreement(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """Fraction of cross-view pairs whose student argmax is the target's: the argmax of the other view's
+        centred teacher scores (the centre can outweigh the spread of the raw scores).
+
+        Args:
+            student, teacher: (2B, out_dim) scores, query views in rows [0, B), key views in [B, 2B).
+        """
+        n = student.shape[0] // 2
+        target_class = (teacher.float() - self.centre).argmax(dim=-1)
+        student_class = student.argmax(dim=-1)
+        return torch.cat([target_class[:n] == student_class[n:], target_class[n:] == student_class[:n]]).float().mean()
+
 
 class PatchLoss(CenteredCrossEntropy):
     """Intra-volume token loss: each student token against the teacher token at the same place of the same view.
@@ -104,10 +117,10 @@ class UniformityLoss(nn.Module):
 
     Not part of Alice. With one view pair per step, the cls branch can map every input to one unit vector at which
     all prototype scores tie: the teacher targets and the student predictions are then uniform, the cls loss sits
-    at ln(out_dim) and gives no signal. Pushing each embedding away from those of recent other crops prevents that
-    state; the query/key views of one pair are still pulled together by the cls loss. The queue holds the
-    student's own (detached) embeddings: against a lagging teacher's, a collapsed student escapes by moving
-    to the antipode of the teacher's single point, which stays collapsed.
+    at ln(out_dim) and gives no signal. This term pushes each embedding away from those of recent other crops; on
+    its own it does not prevent that state, because one point that drifts across the sphere stays away from its
+    own earlier positions. The queue holds the student's own (detached) embeddings: against a lagging teacher's, a
+    collapsed student escapes by moving to the antipode of the teacher's single point, which stays collapsed.
 
     Args:
         dim: width of the embeddings (the head's bottleneck).

@@ -114,7 +114,8 @@ class AliceSSL(nn.Module):
 
         Returns:
             ``loss`` (with gradient), ``loss/cls``, ``loss/patch``, ``loss/rec``, ``loss/uniformity`` (0 when off);
-            ``cls_agreement`` (fraction of cross-view pairs whose teacher and student cls argmax agree);
+            ``cls_agreement`` (fraction of cross-view pairs whose student cls argmax is the argmax of the
+            centred teacher scores of the other view, the cls target's);
             ``cls_logit_range`` (the teacher's highest minus lowest cls prototype score, mean over crops: near 0
             when every prototype ties, the collapsed state); ``student_cls_embedding``, what the uniformity queue
             follows; ``masks`` (2B, 1, R, R, R);
@@ -150,9 +151,7 @@ class AliceSSL(nn.Module):
                 + self.weights["rec"] * loss_rec + self.weights["uniformity"] * loss_uniformity)
 
         with torch.no_grad():
-            teacher_class, student_class = t_cls.argmax(dim=-1), s_cls.argmax(dim=-1)
-            agreement = (torch.cat([teacher_class[:n] == student_class[n:], teacher_class[n:] == student_class[:n]])
-                         .float().mean())
+            agreement = self.cls_loss.agreement(s_cls, t_cls)
             logit_range = (t_cls.max(dim=-1).values - t_cls.min(dim=-1).values).float().mean()
         result = {"loss": loss, "loss/cls": loss_cls.detach(), "loss/patch": loss_patch.detach(),
                   "loss/rec": loss_rec.detach(), "loss/uniformity": loss_uniformity.detach(),

@@ -3,7 +3,13 @@ Alice (Jiang et al., ICCV 2023, FLARE22 / BTCV Dice) vs ablation checkpoints, ov
 
 Every fine-tuning run of a comparison lives in ``<workspace>/runs/segment/<method>-seed<k>/``: a finished run with
 the same config is reused, an unfinished one resumed, so an interrupted comparison continues where it stopped.
-A run's scores are cached in its ``evaluation.json`` (keyed by checkpoint step and cases).
+A run's scores on its held-out test cases are cached in its ``evaluation.json`` (keyed by checkpoint step and
+cases), scores on other cases (a validation set) beside it.
+
+A comparison can also score every run on validation cases, kept apart from the test cases, so that choices such as
+the pretraining length are made without looking at the test scores. The sample cohort has no labelled organ case in
+its ``val`` split; its validation case is the one real labelled CT (lidc0001, split ``train``, origin ``real``): the
+parent scan of the pseudo-subjects, never a fine-tuning case, though SAM training and pretraining see its image.
 """
 
 from __future__ import annotations
@@ -56,27 +62,37 @@ def evaluate_model(model: SegmentationNet, cases: list[tuple[LoadedCase, np.ndar
                          for case, s in per_case.items()}}
 
 
-def evaluate_run(run_dir: str | Path, split: str = "test") -> dict:
+def evaluate_run(run_dir: str | Path, split: str = "test", origins: Sequence[str] | None = None) -> dict:
     """The scores of a fine-tuning run's last checkpoint on the labelled cases of ``split`` of its cohort.
 
-    Cached in the run's ``evaluation.json`` while the checkpoint step and the split stay the same.
+    Args:
+        run_dir: the fine-tuning run.
+        split: the manifest split scored.
+        origins: the case origins scored (default: the run's training origins).
+
+    Cached while the checkpoint step, the split and the origins stay the same: in the run's ``evaluation.json``
+    for the test split with the run's origins (what its exported model card reports), else in
+    ``evaluation-<split>-<origins>.json``.
 
     Raises:
         InputError: no segmentation checkpoint in ``run_dir``, or no labelled case in ``split``.
     """
     run_dir = Path(run_dir)
     payload = load_segmentation_checkpoint(runs.checkpoint_path(run_dir))
-    cache = run_dir / EVALUATION_FILE
+    config = FinetuneConfig.from_dict(payload["config"])
+    origins = list(config.data.origins if origins is None else origins)
+    default_cases = split == "test" and origins == list(config.data.origins)
+    cache = run_dir / (EVALUATION_FILE if default_cases else f"evaluation-{split}-{'-'.join(origins)}.json")
     if cache.is_file():
         cached = json.loads(cache.read_text())
-        if cached.get("step") == payload["step"] and cached.get("split") == split:
+        if (cached.get("step"), cached.get("split"), cached.get("origins", origins)) == (payload["step"], split,
+                                                                                          origins):
             return cached
-    config = FinetuneConfig.from_dict(payload["config"])
-    cases = labelled_cases(config.data.manifest, split, config.data.origins, None,
-                           get_label_set(config.data.label_set))
+    cases = labelled_cases(config.data.manifest, split, tuple(origins), None, get_label_set(config.data.label_set))
     if not cases:
-        raise InputError(config.data.manifest, f"has no labelled case in split {split!r} to evaluate on")
-    result = {"run": str(run_dir), "step": payload["step"], "split": split,
+        raise InputError(config.data.manifest, f"has no labelled case of origin {' or '.join(origins)} in split "
+                                               f"{split!r} to evaluate on")
+    result = {"run": str(run_dir), "step": payload["step"], "split": split, "origins": origins,
               **evaluate_model(load_segmentation_net(run_dir), cases)}
     result = _without_nan(result)
     atomic_write_text(cache, json.dumps(result, indent=2))
@@ -117,7 +133,8 @@ def compare_methods(alice_checkpoint: str | Path | None, ablations: dict[str, st
                     seeds: Sequence[int] = (0, 1, 2), methods: Sequence[str] = (SCRATCH, ALICE),
                     base: FinetuneConfig | None = None, split: str = "test",
                     on_run: Callable[[str, int, Path], None] | None = None,
-                    ablation_seeds: Sequence[int] | None = None) -> dict:
+                    ablation_seeds: Sequence[int] | None = None,
+                    validation: tuple[str, Sequence[str]] | None = None) -> dict:
     """Fine-tune once per method and seed (or reuse the runs), evaluate each on ``split``, summarise over seeds.
 
     Args:
@@ -130,11 +147,13 @@ def compare_methods(alice_checkpoint: str | Path | None, ablations: dict[str, st
         split: the held-out split.
         on_run: called with (method, seed, run folder) before each run is ensured.
         ablation_seeds: the ablations' seeds (default: ``seeds``), where time allows fewer.
+        validation: (split, origins) of validation cases every run is also scored on, or None.
 
     Returns:
         ``{"split", "methods": {name: {"dice_mean", "dice_std", "hd95_mean", "seeds", "per_seed": {seed:
         {"dice_mean", "hd95_mean", "run"}}, "per_structure": {class: dice_mean}}}}``: means and (population)
-        standard deviations over seeds of each run's mean Dice.
+        standard deviations over seeds of each run's mean Dice. With ``validation``, also ``"validation":
+        {"split", "origins", "cases"}`` and, per method, ``validation_dice_mean`` and ``validation_dice_std``.
 
     Raises:
         InputError: an unknown method, ``alice`` without a checkpoint, or a source of another architecture.
@@ -152,17 +171,28 @@ def compare_methods(alice_checkpoint: str | Path | None, ablations: dict[str, st
     if alice_checkpoint:
         base = dataclasses.replace(base, model=dataclasses.replace(
             default_config(str(alice_checkpoint)).model, drop_path=base.model.drop_path))
-    results = {}
+    results, validation_cases = {}, None
     for name, init in inits.items():
-        per_seed = {}
+        per_seed, validation_dice = {}, []
         for seed in seeds_of[name]:
             run_dir = paths.runs_dir(RUN_KIND) / f"{name}-seed{seed}"
             if on_run is not None:
                 on_run(name, seed, run_dir)
             config = dataclasses.replace(base, init=str(init), run=dataclasses.replace(base.run, seed=seed))
             per_seed[seed] = evaluate_run(ensure_run(config, run_dir), split)
+            if validation is not None:
+                scores = evaluate_run(run_dir, *validation)
+                validation_cases = scores["cases"]
+                validation_dice.append(scores["dice_mean"])
         results[name] = _summary(per_seed)
-    return {"split": split, "methods": results}
+        if validation is not None:
+            defined = [d for d in validation_dice if d is not None]
+            results[name].update(validation_dice_mean=float(np.mean(defined)) if defined else None,
+                                 validation_dice_std=float(np.std(defined)) if defined else None)
+    result = {"split": split, "methods": results}
+    if validation is not None:
+        result["validation"] = {"split": validation[0], "origins": list(validation[1]), "cases": validation_cases}
+    return result
 
 
 def _summary(per_seed: dict[int, dict]) -> dict:

@@ -34,6 +34,16 @@ def test_cls_loss_pairs_each_teacher_view_with_the_other_student_view():
     assert same_view.item() > 5
 
 
+def test_agreement_compares_the_student_with_the_centred_teacher_of_the_other_view():
+    loss = ClsLoss(3, 0.1, 0.9)
+    teacher = torch.tensor([[5.0, 1.0, 0.0], [5.0, 0.0, 1.0]])  # raw argmax: class 0 for both views
+    student = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])  # query -> class 2, key -> class 1
+    assert loss.agreement(student, teacher).item() == 0.0
+    loss.centre.copy_(torch.tensor([[10.0, 0.0, 0.0]]))  # centred: the query view's target is 1, the key's 2
+    assert loss.agreement(student, teacher).item() == 1.0
+    assert loss.agreement(student, teacher[[1, 0]]).item() == 0.0
+
+
 def test_the_teacher_gets_no_gradient():
     loss = PatchLoss(3, student_temp=0.1, centre_momentum=0.9)
     student = torch.randn(2, 4, 3, requires_grad=True)

@@ -27,6 +27,20 @@ def test_a_run_is_scored_on_the_held_out_cases_and_the_scores_are_cached(finishe
     assert evaluate_run(finished_run) == json.loads(cache.read_text()) and cache.stat().st_mtime_ns == written
 
 
+def test_validation_cases_are_scored_and_cached_apart_from_the_test_cases(finished_run):
+    test = evaluate_run(finished_run)
+    test_cache = (finished_run / EVALUATION_FILE).read_text()
+    validation = evaluate_run(finished_run, "train", ["pseudo"])
+    assert validation["cases"] == ["case0", "case1"] and validation["origins"] == ["pseudo"]
+    assert validation["dice_mean"] != test["dice_mean"]
+    assert (finished_run / EVALUATION_FILE).read_text() == test_cache  # what an exported model card reports
+    cache = finished_run / "evaluation-train-pseudo.json"
+    written = cache.stat().st_mtime_ns
+    assert evaluate_run(finished_run, "train", ["pseudo"]) == validation and cache.stat().st_mtime_ns == written
+    with pytest.raises(InputError, match="has no labelled case of origin real in split 'train'"):
+        evaluate_run(finished_run, "train", ["real"])
+
+
 def stop_after_step_2(run_dir):
     """A progress callback that asks for a stop during step 2 (the run ends after it, with a checkpoint)."""
     return lambda step, total, record: runs.request_stop(run_dir) if step == 1 else None
@@ -51,11 +65,17 @@ def test_a_comparison_resumes_an_interrupted_run_and_reuses_finished_ones(labell
     assert last.stat().st_mtime_ns == written
 
 
-def test_ablations_can_run_fewer_seeds(labelled_cohort, alice_checkpoint):
+def test_ablations_can_run_fewer_seeds_and_every_run_is_scored_on_validation_cases(labelled_cohort,
+                                                                                   alice_checkpoint):
     base = tiny_finetune_config(labelled_cohort, steps=1)
     result = compare_methods(alice_checkpoint, {"no_cafa": str(alice_checkpoint)}, seeds=[0, 1], methods=["scratch"],
-                             base=base, ablation_seeds=[1])
+                             base=base, ablation_seeds=[1], validation=("train", ["pseudo"]))
     assert result["methods"]["scratch"]["seeds"] == [0, 1] and result["methods"]["no_cafa"]["seeds"] == [1]
+    assert result["validation"] == {"split": "train", "origins": ["pseudo"], "cases": ["case0", "case1"]}
+    scratch = [evaluate_run(paths.runs_dir("segment") / f"scratch-seed{seed}", "train", ["pseudo"])["dice_mean"]
+               for seed in (0, 1)]
+    assert result["methods"]["scratch"]["validation_dice_mean"] == pytest.approx(sum(scratch) / 2)
+    assert result["methods"]["no_cafa"]["validation_dice_std"] == 0.0
     assert (paths.runs_dir("segment") / "no_cafa-seed1").is_dir()
     assert not (paths.runs_dir("segment") / "no_cafa-seed0").exists()
 
@@ -93,6 +113,11 @@ def test_the_cli_fine_tunes_from_alice_scores_predicts_and_exports(labelled_coho
     capsys.readouterr()
     assert main(["eval", "segmentation", "--run", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["cases"] == ["case2"]
+    assert main(["eval", "segmentation", "--checkpoint", str(alice_checkpoint), "--methods", "scratch", "--seeds", "0",
+                 "--steps", "1", "--set", f"data.manifest={labelled_cohort}", "--set", "run.tensorboard=false",
+                 "--validation-split", "train", "--validation-origins", "pseudo"]) == 0
+    printed = capsys.readouterr().out
+    assert "validation Dice on case0, case1" in printed and "scratch" in printed and "validation Dice 0." in printed
     image = labelled_cohort.parent / "images" / "case2.nii.gz"
     assert main(["predict", str(out), str(image), "--out", str(tmp_path / "pred.nii.gz")]) == 0
     assert main(["export-segmentation", str(out), "--out", str(tmp_path / "bundle")]) == 0
