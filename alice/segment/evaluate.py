@@ -173,7 +173,7 @@ def compare_methods(alice_checkpoint: str | Path | None, ablations: dict[str, st
             default_config(str(alice_checkpoint)).model, drop_path=base.model.drop_path))
     results, validation_cases = {}, None
     for name, init in inits.items():
-        per_seed, validation_dice = {}, []
+        per_seed, validation_per_seed = {}, {}
         for seed in seeds_of[name]:
             run_dir = paths.runs_dir(RUN_KIND) / f"{name}-seed{seed}"
             if on_run is not None:
@@ -181,14 +181,12 @@ def compare_methods(alice_checkpoint: str | Path | None, ablations: dict[str, st
             config = dataclasses.replace(base, init=str(init), run=dataclasses.replace(base.run, seed=seed))
             per_seed[seed] = evaluate_run(ensure_run(config, run_dir), split)
             if validation is not None:
-                scores = evaluate_run(run_dir, *validation)
-                validation_cases = scores["cases"]
-                validation_dice.append(scores["dice_mean"])
+                validation_per_seed[seed] = evaluate_run(run_dir, *validation)
+                validation_cases = validation_per_seed[seed]["cases"]
         results[name] = _summary(per_seed)
         if validation is not None:
-            defined = [d for d in validation_dice if d is not None]
-            results[name].update(validation_dice_mean=float(np.mean(defined)) if defined else None,
-                                 validation_dice_std=float(np.std(defined)) if defined else None)
+            summary = _summary(validation_per_seed)
+            results[name].update(validation_dice_mean=summary["dice_mean"], validation_dice_std=summary["dice_std"])
     result = {"split": split, "methods": results}
     if validation is not None:
         result["validation"] = {"split": validation[0], "origins": list(validation[1]), "cases": validation_cases}
