@@ -53,3 +53,5 @@ else:
     attention.show_attention(found, view, token, head, cell)
 st.subheader("Teacher-student agreement")
 attention.show_similarity(found, view, cell)
+st.subheader("What the tokens encode")
+attention.show_token_positions(bundle, sources[label], cohort)

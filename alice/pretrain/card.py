@@ -29,7 +29,8 @@ def ship_checkpoint(run_dir: str | Path, out: str | Path) -> Path:
     return atomic_write(out, lambda tmp: torch.save(slim, tmp))
 
 
-def write_card(run_dir: str | Path, checkpoint: str | Path, card: str | Path, command: str, quality: dict) -> Path:
+def write_card(run_dir: str | Path, checkpoint: str | Path, card: str | Path, command: str, quality: dict,
+               positions: dict[str, dict[str, dict[str, float]]]) -> Path:
     """Write the model card of a shipped checkpoint.
 
     Args:
@@ -38,6 +39,8 @@ def write_card(run_dir: str | Path, checkpoint: str | Path, card: str | Path, co
         card: the Markdown file to write.
         command: the pretraining command.
         quality: the JSON object of ``alice eval retrieval`` on the shipped file.
+        positions: model name (this checkpoint, the untrained control) -> its
+            ``alice.pretrain.inspect.token_position_shares`` on the sample cohort.
     """
     run_dir = Path(run_dir)
     payload = load_checkpoint(checkpoint)
@@ -75,6 +78,9 @@ def write_card(run_dir: str | Path, checkpoint: str | Path, card: str | Path, co
         departures.append("CAFA normalises its input tokens and returns unit-length output tokens, the scale of the "
                           "prototype scores the temperatures are set for (`alice.models.cafa`)")
     extra_note = "".join(f"\n- Not in Alice: {d}." for d in departures)
+    position_rows = "\n".join(f"| {name} | " + " | ".join(f"{shares[network][tokens]:.2f}" for network in
+                                                         ("teacher", "student") for tokens in ("encoder", "decoder"))
+                               + " |" for name, shares in positions.items())
     alice_source = quality.get("sources", {}).get("alice", {})
     tokens_note = (f" (Alice: {alice_source['network']} backbone, {alice_source['tokens']} tokens)"
                    if "tokens" in alice_source else "")
@@ -105,6 +111,14 @@ embeddings every 6 mm{tokens_note}:
 | source | MRE (mm) | median | max | within 10 mm | n |
 |---|---|---|---|---|---|
 {rows}
+
+## What the tokens encode (`alice.pretrain.inspect.token_position_shares`)
+Share of the tokens' variance, over crops anywhere in the body of the sample cohort's training cases, that their
+place in the crop alone explains (1: every crop has the same token at a place, whatever anatomy it shows):
+
+| model | teacher encoder | teacher decoder | student encoder | student decoder |
+|---|---|---|---|---|
+{position_rows}
 
 ## Config (stored in the checkpoint)
 ```yaml

@@ -205,7 +205,7 @@ PRESETS: dict[str, PretrainConfig] = {
     # About 1 s per step on 2 CPU cores (ALICE_DETAILS.md section 9.2).
     "cpu-tiny": PretrainConfig(
         model=MODEL_PRESETS["cpu-tiny"],
-        # One pair per step: the uniformity term keeps the cls branch from collapsing (not in Alice).
+        # One pair per step: a uniformity term against the cls collapse (not in Alice; it does not prevent it, README).
         loss=LossConfig(teacher_temp_warmup_steps=300, uniformity_weight=1.0),
         optim=OptimConfig(lr=5e-4, min_lr=1e-5, warmup_steps=100, freeze_last_layer_steps=50),
         run=RunConfig(steps=2000, checkpoint_every=50, log_every=5)),

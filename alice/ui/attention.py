@@ -6,8 +6,9 @@ drawn in voxel units (each crop is ``roi``^3 voxels at native spacing) in the di
 
 Session-state keys: widgets ``attention.model``, ``attention.seed``, ``attention.another_button``,
 ``attention.view``, ``attention.head``, ``attention.token.x`` / ``.y`` / ``.z`` (the query token's cell in the
-encoder grid), ``attention.heat`` (the clickable attention figure); ``attention.another`` (the button's request) and
-``attention.clicked`` (the last click applied to the sliders).
+encoder grid), ``attention.heat`` (the clickable attention figure), ``attention.positions`` (the toggle that
+measures what the tokens encode); ``attention.another`` (the button's request) and ``attention.clicked`` (the last
+click applied to the sliders).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ CHART = "attention.heat"
 CLICKED = "attention.clicked"
 MASK_RGB = np.array([40, 120, 255], dtype=np.float32)
 PLANE_PX = 260
+POSITION_CROPS = 16
 
 
 def model_sources() -> dict[str, Path | None]:
@@ -241,6 +243,34 @@ def show_similarity(found: inspect.Inspection, view: int, cell) -> None:
                                   f"Teacher-student token similarity (cosine over {found.similarity_grid} tokens; "
                                   f"colours from {low:.3f} to {high:.3f}); mean {similarity.mean():.3f}"),
                     key="attention.similarity")
+
+
+def show_token_positions(model_bundle: tuple, checkpoint: Path | None, cohort: Cohort) -> None:
+    """On request (about 10 s on CPU): the share of the model's token variance that their place in the crop alone
+    explains, over crops anywhere in the body of the cohort's cases (``inspect.token_position_shares``)."""
+    st.markdown("Do the tokens describe the anatomy they see, or only where in the crop they sit? Over "
+                f"{POSITION_CROPS} crops taken anywhere in the body, the share of the tokens' variation that their "
+                "place in the crop alone explains. Near 1, every crop gives the same token at a place: such tokens "
+                "cannot tell one anatomy from another, their mean (the cls input) is the same for every crop, and a "
+                "sliding-window embedding of them matches places by their position in the window, not by anatomy.")
+    if not st.toggle("Measure what the tokens encode", key="attention.positions"):
+        return
+    token = None if checkpoint is None else (str(checkpoint), checkpoint.stat().st_mtime_ns)
+    shares = _token_positions(model_bundle, tuple(cohort.cases), token,
+                              tuple(case_stamp(c) for c in cohort.cases))
+    st.dataframe({"tokens": ["encoder (bottleneck)", "decoder (first stage)"],
+                  **{f"{network} position share": [round(shares[network][t], 3) for t in ("encoder", "decoder")]
+                     for network in ("teacher", "student")}}, hide_index=True)
+    st.caption("1: the token at a place is the same for every crop; 0: the place tells nothing. Pick the untrained "
+               "model above for the starting point.")
+
+
+@st.cache_data(max_entries=8, show_spinner="Running body crops through the model...")
+def _token_positions(_bundle: tuple, _cases: tuple[CaseRecord, ...], token: tuple | None,
+                     stamps: tuple) -> dict[str, dict[str, float]]:
+    model, config, _ = _bundle
+    crops = inspect.body_crops([anatomy.case_image(r) for r in _cases], config, POSITION_CROPS)
+    return inspect.token_position_shares(model, crops)
 
 
 def _gray(values: np.ndarray) -> np.ndarray:

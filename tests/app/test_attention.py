@@ -72,3 +72,16 @@ def test_a_click_on_the_attention_figure_picks_the_query_token_under_it():
     assert heat_spec(at) != before
     at.slider(key="attention.token.x").set_value(1).run()  # a slider still moves after the click
     assert at.slider(key="attention.token.x").value == 1
+
+
+def test_the_toggle_measures_what_the_tokens_encode():
+    at = open_attention()
+    assert not at.dataframe  # nothing measured until asked
+    at.toggle(key="attention.positions").set_value(True).run()
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    assert list(table["tokens"]) == ["encoder (bottleneck)", "decoder (first stage)"]
+    for column in ("teacher position share", "student position share"):
+        assert table[column].between(0.0, 1.0).all()
+    # The untrained model on this page: teacher and student start as one network.
+    assert list(table["teacher position share"]) == list(table["student position share"])

@@ -1,0 +1,59 @@
+"""What the Alice tokens encode: the share of their variance explained by their place in the crop.
+
+Run from the repository root: ``python bench/bench_tokens.py [--run NAME=PRETRAINING_RUN ...]``. Crops are taken
+at random voxels inside the body of the sample cohort's training cases (seeded); each model's teacher and student
+backbones run on the whole crops, as dense embeddings use them, and ``alice.pretrain.inspect.position_share`` of
+their encoder (bottleneck) and decoder tokens is reported. Rows: the untrained network (the control), the shipped
+checkpoint, and each ``--run``'s last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, machine, now, write_section  # noqa: E402  (bench/ is not a package)
+
+SECTION = "## What the Alice tokens encode (bench/bench_tokens.py)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", action="append", default=[], metavar="NAME=PATH",
+                        help="a pretraining run folder to measure too (repeatable)")
+    parser.add_argument("--crops", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    sys.path.insert(0, str(REPO))
+    from alice import paths, runs
+    from alice.data.cohort import load_manifest
+    from alice.data.io import load_volume
+    from alice.pretrain import inspect
+
+    images = [load_volume(record.image) for record in load_manifest(paths.SAMPLE_MANIFEST).split("train")]
+    sources = {"untrained (seed 0)": None, "shipped": paths.alice_checkpoint()}
+    sources.update({name: Path(path) / runs.CHECKPOINTS_DIR / runs.LAST_CHECKPOINT
+                    for name, path in (item.split("=", 1) for item in args.run)})
+    rows = []
+    for name, checkpoint in sources.items():
+        shares, step = inspect.checkpoint_position_shares(checkpoint, images, args.crops, args.seed)
+        rows.append(f"| {name} | {'-' if step is None else step} | "
+                    + " | ".join(f"{shares[network][tokens]:.2f}" for network in ("teacher", "student")
+                                 for tokens in ("encoder", "decoder")) + " |")
+        print(rows[-1], flush=True)
+    command = " ".join(["python bench/bench_tokens.py", *(f"--run {item}" for item in args.run)])
+    lines = [SECTION, "", f"- Command: `{command}`", f"- Date: {now()}", f"- Machine: {machine()}", "",
+             (f"Share of the tokens' variance explained by their place in the crop alone, over {args.crops} crops at "
+              "random voxels inside the body of the sample cohort's training cases (1: every crop has the same "
+              "token at a place, whatever anatomy it shows; 0: the place tells nothing):"), "",
+             "| model | step | teacher encoder | teacher decoder | student encoder | student decoder |",
+             "|---|---|---|---|---|---|", *rows, ""]
+    text = "\n".join(lines)
+    write_section(SECTION, text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
