@@ -2,7 +2,7 @@
 
 Run from the repository root: ``python bench/bench_tokens.py [--run NAME=PRETRAINING_RUN ...]``. Crops are taken
 at random voxels inside the body of the sample cohort's training cases (seeded); each model's teacher and student
-backbones run on the whole crops, as dense embeddings use them, and ``alice.pretrain.inspect.position_share`` of
+backbones run on the whole crops, as dense embeddings use them, and ``alice.pretrain.positions.position_share`` of
 their encoder (bottleneck) and decoder tokens is reported. Rows: the untrained network (the control), the shipped
 checkpoint, and each ``--run``'s last checkpoint.
 """
@@ -17,6 +17,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, machine, now, write_section  # noqa: E402  (bench/ is not a package)
 
 SECTION = "## What the Alice tokens encode (bench/bench_tokens.py)"
+
+
+def settings(checkpoint: Path | None) -> str:
+    """The losses, masks and views of a checkpoint's config that differ from the cpu-tiny preset's, as key=value
+    (run length, data and file paths left out)."""
+    if checkpoint is None:
+        return "-"
+    from alice.config import flatten
+    from alice.pretrain.config import PRESETS
+    from alice.pretrain.train import load_checkpoint
+
+    preset, own = flatten(PRESETS["cpu-tiny"].to_dict()), flatten(load_checkpoint(checkpoint)["config"])
+    changed = [f"{key}={own[key]}" for key in sorted(own) if key.split(".")[0] in ("loss", "mask", "views")
+               and key != "views.sam_checkpoint" and own[key] != preset.get(key)]
+    return ", ".join(changed) or "none"
 
 
 def main() -> None:
@@ -39,7 +54,7 @@ def main() -> None:
     rows = []
     for name, checkpoint in sources.items():
         shares, step = inspect.checkpoint_position_shares(checkpoint, images, args.crops, args.seed)
-        rows.append(f"| {name} | {'-' if step is None else step} | "
+        rows.append(f"| {name} | {'-' if step is None else step} | {settings(checkpoint)} | "
                     + " | ".join(f"{shares[network][tokens]:.2f}" for network in ("teacher", "student")
                                  for tokens in ("encoder", "decoder")) + " |")
         print(rows[-1], flush=True)
@@ -48,8 +63,8 @@ def main() -> None:
              (f"Share of the tokens' variance explained by their place in the crop alone, over {args.crops} crops at "
               "random voxels inside the body of the sample cohort's training cases (1: every crop has the same "
               "token at a place, whatever anatomy it shows; 0: the place tells nothing):"), "",
-             "| model | step | teacher encoder | teacher decoder | student encoder | student decoder |",
-             "|---|---|---|---|---|---|", *rows, ""]
+             "| model | step | settings other than the `cpu-tiny` preset's | teacher encoder | teacher decoder | "
+             "student encoder | student decoder |", "|---|---|---|---|---|---|---|", *rows, ""]
     text = "\n".join(lines)
     write_section(SECTION, text)
     print(text)

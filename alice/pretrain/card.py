@@ -40,7 +40,7 @@ def write_card(run_dir: str | Path, checkpoint: str | Path, card: str | Path, co
         command: the pretraining command.
         quality: the JSON object of ``alice eval retrieval`` on the shipped file.
         positions: model name (this checkpoint, the untrained control) -> its
-            ``alice.pretrain.inspect.token_position_shares`` on the sample cohort.
+            ``alice.pretrain.positions.token_position_shares`` on the sample cohort.
     """
     run_dir = Path(run_dir)
     payload = load_checkpoint(checkpoint)
@@ -112,7 +112,7 @@ embeddings every 6 mm{tokens_note}:
 |---|---|---|---|---|---|
 {rows}
 
-## What the tokens encode (`alice.pretrain.inspect.token_position_shares`)
+## What the tokens encode (`alice.pretrain.positions.token_position_shares`)
 Share of the tokens' variance, over crops anywhere in the body of the sample cohort's training cases, that their
 place in the crop alone explains (1: every crop has the same token at a place, whatever anatomy it shows):
 

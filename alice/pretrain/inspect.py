@@ -5,11 +5,6 @@ the student's masks and reconstruction, CAFA's attention of every encoder (query
 (key/value) tokens, and the two sides of the token loss. The functions here turn token-level values into voxel maps
 over the ``roi``^3 crop: token cell (x', y', z') of a grid (X', Y', Z') covers voxels ``[x' * s, (x' + 1) * s)``
 along X with ``s = roi // X'`` (see :mod:`alice.models.tokens`). No Streamlit here.
-
-``token_position_shares`` asks what a model's tokens encode: how much of their variation across crops taken anywhere
-in the body is explained by the token's place in the crop alone. Tokens that describe the anatomy under them
-change from crop to crop; tokens that only say where in the crop they sit do not, and then the pooled cls (their
-mean) is the same for every crop and a sliding-window embedding matches places by their position in the window.
 """
 
 from __future__ import annotations
@@ -21,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alice.anatomy.cache import body_mask
 from alice.data.io import Volume
 from alice.errors import InputError
 from alice.mining.views import ViewPair
 from alice.pretrain.config import PRESETS, PretrainConfig
 from alice.pretrain.masking import make_masks
+from alice.pretrain.positions import body_crops, token_position_shares
 from alice.pretrain.ssl_model import AliceSSL, build_ssl_model
 from alice.pretrain.train import load_checkpoint
 from alice.pretrain.views import PairBatch, crop_window
@@ -206,58 +201,9 @@ def similarity_map(inspection: Inspection, view: int) -> np.ndarray:
 
 
 
-def position_share(tokens: torch.Tensor) -> float:
-    """The share of the tokens' variance explained by their position in the crop.
-
-    Args:
-        tokens: (crops, N, C), the same N token positions of every crop; each token is normalised to unit length
-            first (embeddings are compared by cosine).
-
-    Returns:
-        ``between / total`` of a one-way analysis of variance over positions, summed over channels: ``between`` is
-        the variance of the per-position mean token, less the part that chance alone gives a mean of ``crops``
-        tokens. 1: every crop has the same token at a place; about 0: the place tells nothing.
-    """
-    unit = torch.nn.functional.normalize(tokens.double(), dim=-1)
-    crops = unit.shape[0]
-    if crops < 2:
-        raise ValueError(f"a position share needs at least 2 crops; got {crops}")
-    total = unit.var(dim=(0, 1), unbiased=False).sum()
-    within = unit.var(dim=0, unbiased=False).sum(dim=-1).mean()  # spread over crops at one place
-    between = unit.mean(dim=0).var(dim=0, unbiased=False).sum() - within / (crops - 1)
-    return float((between / total).clamp(0.0, 1.0)) if total > 0 else 1.0
-
-
-def body_crops(images: list[Volume], config: PretrainConfig, count: int, seed: int = 0) -> torch.Tensor:
-    """``count`` training-style crops (windowed, ``roi``^3) centred on random voxels inside the body, spread over
-    ``images`` in turn: (count, 1, R, R, R)."""
-    rng = np.random.default_rng(seed)
-    inside = [np.argwhere(body_mask(image.array)) for image in images]
-    crops = []
-    for i in range(count):
-        image, voxels = images[i % len(images)], inside[i % len(images)]
-        if len(voxels) == 0:
-            raise InputError(None, f"image {i % len(images)} has no voxel above the body threshold to crop around")
-        centre = voxels[rng.integers(len(voxels))]
-        crops.append(crop_window(image, centre, config.model.roi, config.views.hu_window))
-    return torch.from_numpy(np.stack(crops))[:, None]
-
-
-@torch.no_grad()
-def token_position_shares(model: AliceSSL, crops: torch.Tensor) -> dict[str, dict[str, float]]:
-    """``position_share`` of the encoder (bottleneck) and decoder tokens of the teacher's and the student's backbone
-    on whole (unmasked) crops, as dense embeddings use them: ``{network: {"encoder": s, "decoder": s}}``."""
-    shares = {}
-    for network in ("teacher", "student"):
-        out = getattr(model, network).backbone(crops, None)
-        shares[network] = {"encoder": position_share(out["enc_tokens"]),
-                           "decoder": position_share(out["dec_tokens"])}
-    return shares
-
-
 def checkpoint_position_shares(checkpoint: str | Path | None, images: list[Volume], count: int = 32,
                                seed: int = 0) -> tuple[dict[str, dict[str, float]], int | None]:
-    """``token_position_shares`` of a checkpoint (None: the untrained cpu-tiny model) on ``count`` body crops of
-    ``images``, and the checkpoint's step."""
+    """``alice.pretrain.positions.token_position_shares`` of a checkpoint (None: the untrained cpu-tiny model) on
+    ``count`` body crops of ``images``, and the checkpoint's step."""
     model, config, step = load_model(checkpoint)
     return token_position_shares(model, body_crops(images, config, count, seed)), step

@@ -3,7 +3,10 @@
 Per optimiser step: mine B view pairs per rank (and micro-batch), run teacher and student, the three losses,
 backward (DDP averages the student's gradients), freeze the prototype layers in the first steps, clip each
 parameter's gradient (DINO style), AdamW with the step's LR and weight decay (none on biases and norms), then
-the EMA teacher update; the centres follow the teacher outputs after every micro-batch (all-reduced).
+the EMA teacher update; the centres follow the teacher outputs after every micro-batch (all-reduced). At every
+checkpoint rank 0 also measures what the encoder tokens encode on a few body crops (``alice.pretrain.positions``)
+and logs it with that step's metrics: a share near 1 means the tokens say where they sit in the crop, not what
+anatomy they see.
 
 The run folder follows ``alice.runs``; rank 0 writes it. A checkpoint holds the config (plain data), every
 weight and centre, the optimiser, the step (the schedules' position), the best loss so far, and the RNG states
@@ -33,6 +36,7 @@ from alice import __version__, runs
 from alice.atomic import atomic_write
 from alice.errors import InputError
 from alice.pretrain.config import PretrainConfig, resolve_config, validate
+from alice.pretrain.positions import body_crops, token_position_shares
 from alice.pretrain.schedules import Schedules, build_schedules
 from alice.pretrain.ssl_model import AliceSSL, build_ssl_model
 from alice.pretrain.views import PairSampler, load_mining_cases
@@ -42,6 +46,9 @@ log = logging.getLogger(__name__)
 CHECKPOINT_KIND = "alice"
 FORMAT_VERSION = 4  # 2: parity-free decoder upsampling; 3: CAFA input norms; 4: decoder skips, unit CAFA tokens
 METRIC_KEYS = ("loss", "loss/cls", "loss/patch", "loss/rec", "loss/uniformity", "cls_agreement", "cls_logit_range")
+# Body crops (fixed per run) on which rank 0 measures, at every checkpoint, what the encoder tokens encode
+# (``alice.pretrain.positions``): logged as ``position_share/teacher`` and ``position_share/student``.
+POSITION_CROPS = 8
 
 
 @dataclass(frozen=True)
@@ -229,6 +236,7 @@ def _loop(config: PretrainConfig, out_dir: Path, payload: dict | None, process: 
         runs.write_status(out_dir, "running", step, run.steps, f"resumed at step {step}" if payload else "started")
 
     interval, since_checkpoint = _Totals(), _Totals()
+    probe_crops = None  # made at the first checkpoint
     state = "finished"
     try:
         while step < run.steps:
@@ -266,12 +274,18 @@ def _loop(config: PretrainConfig, out_dir: Path, payload: dict | None, process: 
             interval.add(record)
             since_checkpoint.add(record)
             stop = _stop_requested(out_dir, process)
-            if step % run.log_every == 0 or step == run.steps or stop:
+            checkpoint_now = step % run.checkpoint_every == 0 or step == run.steps or stop
+            if step % run.log_every == 0 or checkpoint_now:
                 mean = interval.mean(process)
                 interval = _Totals()
                 if writer:
+                    if checkpoint_now:
+                        if probe_crops is None:
+                            probe_crops = body_crops([c.image for c in cases], config, POSITION_CROPS, run.seed)
+                        shares = token_position_shares(model, probe_crops.to(device))
+                        mean.update({f"position_share/{network}": shares[network]["encoder"] for network in shares})
                     _log_metrics(out_dir, tensorboard, model, step, run.steps, mean)
-            if step % run.checkpoint_every == 0 or step == run.steps or stop:
+            if checkpoint_now:
                 interval_loss = since_checkpoint.mean(process)["loss"]
                 since_checkpoint = _Totals()
                 best = best_loss is None or interval_loss < best_loss
@@ -325,7 +339,8 @@ def _log_metrics(out_dir: Path, tensorboard, model: AliceSSL, step: int, total: 
               "momentum": mean["momentum"], "teacher_temp": mean["teacher_temp"],
               "centre_norm/cls": float(model.cls_loss.centre.norm()),
               "centre_norm/patch": float(model.patch_loss.centre.norm()),
-              "seconds_per_step": mean["seconds_per_step"]}
+              "seconds_per_step": mean["seconds_per_step"],
+              **{k: v for k, v in mean.items() if k.startswith("position_share/")}}
     runs.append_metrics(out_dir, record)
     for key, value in record.items():
         if key != "step":

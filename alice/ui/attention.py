@@ -24,7 +24,7 @@ from plotly.subplots import make_subplots
 from alice import paths, runs, viz
 from alice.data.cohort import CaseRecord, Cohort
 from alice.mining.views import DEFAULT_THRESHOLD, MiningCase, ViewPair, mine_view_pairs
-from alice.pretrain import inspect
+from alice.pretrain import inspect, positions
 from alice.pretrain.inspect import Grid
 from alice.ui import anatomy
 from alice.ui.cases import case_stamp
@@ -247,7 +247,7 @@ def show_similarity(found: inspect.Inspection, view: int, cell) -> None:
 
 def show_token_positions(model_bundle: tuple, checkpoint: Path | None, cohort: Cohort) -> None:
     """On request (about 10 s on CPU): the share of the model's token variance that their place in the crop alone
-    explains, over crops anywhere in the body of the cohort's cases (``inspect.token_position_shares``)."""
+    explains, over crops anywhere in the body of the cohort's cases (``alice.pretrain.positions``)."""
     st.markdown("Do the tokens describe the anatomy they see, or only where in the crop they sit? Over "
                 f"{POSITION_CROPS} crops taken anywhere in the body, the share of the tokens' variation that their "
                 "place in the crop alone explains. Near 1, every crop gives the same token at a place: such tokens "
@@ -269,8 +269,8 @@ def show_token_positions(model_bundle: tuple, checkpoint: Path | None, cohort: C
 def _token_positions(_bundle: tuple, _cases: tuple[CaseRecord, ...], token: tuple | None,
                      stamps: tuple) -> dict[str, dict[str, float]]:
     model, config, _ = _bundle
-    crops = inspect.body_crops([anatomy.case_image(r) for r in _cases], config, POSITION_CROPS)
-    return inspect.token_position_shares(model, crops)
+    crops = positions.body_crops([anatomy.case_image(r) for r in _cases], config, POSITION_CROPS)
+    return positions.token_position_shares(model, crops)
 
 
 def _gray(values: np.ndarray) -> np.ndarray:

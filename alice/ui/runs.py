@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 KIND = "alice"
 FOLLOWED = "pretrain.follow"
-LOSS_TERMS = ("loss", "loss/cls", "loss/patch", "loss/rec", "cls_agreement", "cls_logit_range")
+LOSS_TERMS = ("loss", "loss/cls", "loss/patch", "loss/rec", "cls_agreement", "cls_logit_range",
+              "position_share/student")
 SCHEDULE_TERMS = ("lr", "wd", "momentum", "teacher_temp")
 POLL_SECONDS = 2
 
@@ -141,7 +142,9 @@ def curves_figure(metrics_by_run: dict[str, list[dict]], terms: tuple[str, ...],
                                         line={"color": colours[number % len(colours)]}, marker={"size": 4}),
                              row=1, col=column)
             figure.update_xaxes(title_text="step", row=1, col=column)
-            if log_y:
+            if term.startswith("position_share/"):  # a share: its whole range, so 0.99 does not look like 0.5
+                figure.update_yaxes(range=[0, 1.05], row=1, col=column)
+            elif log_y:
                 figure.update_yaxes(type="log", row=1, col=column)
     figure.update_layout(height=300, margin={"l": 40, "r": 10, "t": 40, "b": 40},
                          legend={"orientation": "h", "y": -0.3})

@@ -4,7 +4,6 @@ import dataclasses
 
 import numpy as np
 import pytest
-import torch
 
 from alice import runs
 from alice.data.cohort import load_manifest
@@ -89,38 +88,3 @@ def test_models_load_from_a_run_checkpoint_or_untrained_from_a_preset(finished_r
     with pytest.raises(InputError, match="unknown preset"):
         inspect.load_model(None, preset="huge")
 
-
-def test_position_share_is_one_for_tokens_that_only_say_where_they_are_and_zero_for_crop_content():
-    generator = torch.Generator().manual_seed(0)
-    by_place = torch.randn(1, 27, 8, generator=generator).repeat(16, 1, 1)  # the same tokens in every crop
-    by_crop = torch.randn(16, 1, 8, generator=generator).repeat(1, 27, 1)  # one token per crop, at every place
-    noise = torch.randn(16, 27, 8, generator=generator)
-    assert inspect.position_share(by_place) == pytest.approx(1.0)
-    assert inspect.position_share(3.0 * by_place + 0.01 * noise) > 0.99  # lengths do not count (cosine)
-    assert inspect.position_share(by_crop) == pytest.approx(0.0, abs=1e-9)
-    assert inspect.position_share(noise) < 0.05  # chance alone, corrected for
-    half = inspect.position_share(torch.nn.functional.normalize(by_place, dim=-1)
-                                  + torch.nn.functional.normalize(noise, dim=-1))
-    assert 0.3 < half < 0.7
-    with pytest.raises(ValueError, match="at least 2 crops"):
-        inspect.position_share(by_place[:1])
-
-
-def test_token_position_shares_of_a_model_on_body_crops(tiny_cohort):
-    config = tiny_pretrain_config(tiny_cohort)
-    torch.manual_seed(0)
-    model = build_ssl_model(config).eval()
-    images = [load_volume(r.image) for r in load_manifest(tiny_cohort).split("train")]
-    crops = inspect.body_crops(images, config, 6, seed=0)
-    roi = config.model.roi
-    assert crops.shape == (6, 1, roi, roi, roi)
-    assert crops.std(dim=(1, 2, 3, 4)).min() > 0  # every crop shows some tissue
-    torch.testing.assert_close(crops, inspect.body_crops(images, config, 6, seed=0))
-    shares = inspect.token_position_shares(model, crops)
-    assert set(shares) == {"teacher", "student"}
-    for network in shares.values():
-        assert set(network) == {"encoder", "decoder"}
-        assert all(0.0 <= share <= 1.0 for share in network.values())
-    # The same tokens in every crop: a model that sees only zeros says nothing but where its tokens are.
-    blank = inspect.token_position_shares(model, torch.zeros_like(crops))
-    assert blank["teacher"]["encoder"] == pytest.approx(1.0)

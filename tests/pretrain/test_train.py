@@ -14,6 +14,7 @@ from tests.pretrain.conftest import tiny_pretrain_config
 METRIC_KEYS = {"step", "loss", "loss/cls", "loss/patch", "loss/rec", "loss/uniformity", "cls_agreement",
                "cls_logit_range", "lr", "wd", "momentum",
                "teacher_temp", "centre_norm/cls", "centre_norm/patch", "seconds_per_step"}
+POSITION_KEYS = {"position_share/teacher", "position_share/student"}
 
 
 def test_a_run_writes_every_file_of_the_run_folder(finished_run, tiny_cohort):
@@ -23,7 +24,10 @@ def test_a_run_writes_every_file_of_the_run_folder(finished_run, tiny_cohort):
     assert status["state"] == "finished" and status["step"] == status["total"] == 4
     metrics = runs.read_metrics(finished_run)
     assert [m["step"] for m in metrics] == [1, 2, 3, 4]
-    assert all(set(m) == METRIC_KEYS for m in metrics)
+    assert all(set(m) - METRIC_KEYS <= POSITION_KEYS and METRIC_KEYS <= set(m) for m in metrics)
+    # What the tokens encode, measured at every checkpoint (every 2 steps in the tiny run).
+    assert [m["step"] for m in metrics if POSITION_KEYS <= set(m)] == [2, 4]
+    assert all(0.0 <= metrics[-1][key] <= 1.0 for key in POSITION_KEYS)
     assert metrics[0]["teacher_temp"] == pytest.approx(0.008) and metrics[-1]["momentum"] == pytest.approx(1.0)
     assert any(p.name.startswith("events.out.tfevents") for p in (finished_run / "tensorboard").iterdir())
     assert "checkpoint at step 4" in (finished_run / "train.log").read_text()
