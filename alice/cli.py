@@ -292,7 +292,8 @@ def cmd_ship_checkpoint(args: argparse.Namespace) -> int:
     out = ship_checkpoint(args.run, args.out)
     sources = {**DEFAULT_SOURCES, "alice": EmbeddingSettings(source="alice", checkpoint=str(out))}
     quality = run_retrieval_evaluation(paths.SAMPLE_MANIFEST, sources)
-    images = [load_volume(record.image) for record in load_manifest(paths.SAMPLE_MANIFEST).split("train")]
+    images = {record.case_id: load_volume(record.image)
+              for record in load_manifest(paths.SAMPLE_MANIFEST).split("train")}
     positions = {"this checkpoint": checkpoint_position_shares(out, images)[0],
                  "untrained": checkpoint_position_shares(None, images)[0]}
     card = write_card(args.run, out, out.with_suffix(".md"), args.command, quality, positions)

@@ -47,7 +47,8 @@ def main() -> None:
     from alice.data.io import load_volume
     from alice.pretrain import inspect
 
-    images = [load_volume(record.image) for record in load_manifest(paths.SAMPLE_MANIFEST).split("train")]
+    images = {record.case_id: load_volume(record.image)
+              for record in load_manifest(paths.SAMPLE_MANIFEST).split("train")}
     sources = {"untrained (seed 0)": None, "shipped": paths.alice_checkpoint()}
     sources.update({name: Path(path) / runs.CHECKPOINTS_DIR / runs.LAST_CHECKPOINT
                     for name, path in (item.split("=", 1) for item in args.run)})

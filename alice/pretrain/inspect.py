@@ -200,10 +200,9 @@ def similarity_map(inspection: Inspection, view: int) -> np.ndarray:
     return tokens_to_voxels(inspection.token_similarity[view], inspection.similarity_grid, inspection.roi_voxels)
 
 
-
-def checkpoint_position_shares(checkpoint: str | Path | None, images: list[Volume], count: int = 32,
+def checkpoint_position_shares(checkpoint: str | Path | None, images: dict[str, Volume], count: int = 32,
                                seed: int = 0) -> tuple[dict[str, dict[str, float]], int | None]:
     """``alice.pretrain.positions.token_position_shares`` of a checkpoint (None: the untrained cpu-tiny model) on
-    ``count`` body crops of ``images``, and the checkpoint's step."""
+    ``count`` body crops of ``images`` (name -> volume), and the checkpoint's step."""
     model, config, step = load_model(checkpoint)
     return token_position_shares(model, body_crops(images, config, count, seed)), step

@@ -41,18 +41,25 @@ def position_share(tokens: torch.Tensor) -> float:
     return float((between / total).clamp(0.0, 1.0)) if total > 0 else 1.0
 
 
-def body_crops(images: list[Volume], config: PretrainConfig, count: int, seed: int = 0) -> torch.Tensor:
-    """``count`` training-style crops (windowed, ``roi``^3) centred on random voxels inside the body, spread over
-    ``images`` in turn: (count, 1, R, R, R)."""
+def body_crops(images: dict[str, Volume], config: PretrainConfig, count: int, seed: int = 0) -> torch.Tensor:
+    """``count`` training-style crops (windowed, ``roi``^3) centred on random voxels inside the body, taken from the
+    images (name -> volume) in turn: (count, 1, R, R, R).
+
+    Raises:
+        InputError: an image with no voxel inside the body (nothing above the body threshold), named.
+    """
     rng = np.random.default_rng(seed)
-    inside = [np.argwhere(body_mask(image.array)) for image in images]
+    names = list(images)
+    inside = {}
+    for name in names:
+        inside[name] = np.argwhere(body_mask(images[name].array))
+        if len(inside[name]) == 0:
+            raise InputError(name, "has no voxel inside the body (none above the body threshold) to crop around")
     crops = []
     for i in range(count):
-        image, voxels = images[i % len(images)], inside[i % len(images)]
-        if len(voxels) == 0:
-            raise InputError(None, f"image {i % len(images)} has no voxel above the body threshold to crop around")
-        centre = voxels[rng.integers(len(voxels))]
-        crops.append(crop_window(image, centre, config.model.roi, config.views.hu_window))
+        name = names[i % len(names)]
+        centre = inside[name][rng.integers(len(inside[name]))]
+        crops.append(crop_window(images[name], centre, config.model.roi, config.views.hu_window))
     return torch.from_numpy(np.stack(crops))[:, None]
 
 

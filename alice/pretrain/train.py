@@ -281,7 +281,8 @@ def _loop(config: PretrainConfig, out_dir: Path, payload: dict | None, process: 
                 if writer:
                     if checkpoint_now:
                         if probe_crops is None:
-                            probe_crops = body_crops([c.image for c in cases], config, POSITION_CROPS, run.seed)
+                            probe_crops = body_crops({c.case_id: c.image for c in cases}, config, POSITION_CROPS,
+                                                     run.seed)
                         shares = token_position_shares(model, probe_crops.to(device))
                         mean.update({f"position_share/{network}": shares[network]["encoder"] for network in shares})
                     _log_metrics(out_dir, tensorboard, model, step, run.steps, mean)

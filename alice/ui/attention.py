@@ -269,7 +269,7 @@ def show_token_positions(model_bundle: tuple, checkpoint: Path | None, cohort: C
 def _token_positions(_bundle: tuple, _cases: tuple[CaseRecord, ...], token: tuple | None,
                      stamps: tuple) -> dict[str, dict[str, float]]:
     model, config, _ = _bundle
-    crops = positions.body_crops([anatomy.case_image(r) for r in _cases], config, POSITION_CROPS)
+    crops = positions.body_crops({r.case_id: anatomy.case_image(r) for r in _cases}, config, POSITION_CROPS)
     return positions.token_position_shares(model, crops)
 
 

@@ -87,4 +87,3 @@ def test_models_load_from_a_run_checkpoint_or_untrained_from_a_preset(finished_r
     assert step == 4 and config.model.roi == 32 and not model.student.training
     with pytest.raises(InputError, match="unknown preset"):
         inspect.load_model(None, preset="huge")
-

@@ -1,10 +1,14 @@
 """What the tokens encode: the position share on hand-made tokens, and a tiny model on body crops."""
 
+import dataclasses
+
+import numpy as np
 import pytest
 import torch
 
 from alice.data.cohort import load_manifest
 from alice.data.io import load_volume
+from alice.errors import InputError
 from alice.pretrain import positions
 from alice.pretrain.ssl_model import build_ssl_model
 from tests.pretrain.conftest import tiny_pretrain_config
@@ -30,7 +34,7 @@ def test_token_position_shares_of_a_model_on_body_crops(tiny_cohort):
     config = tiny_pretrain_config(tiny_cohort)
     torch.manual_seed(0)
     model = build_ssl_model(config).eval()
-    images = [load_volume(r.image) for r in load_manifest(tiny_cohort).split("train")]
+    images = {r.case_id: load_volume(r.image) for r in load_manifest(tiny_cohort).split("train")}
     crops = positions.body_crops(images, config, 6, seed=0)
     roi = config.model.roi
     assert crops.shape == (6, 1, roi, roi, roi)
@@ -44,3 +48,7 @@ def test_token_position_shares_of_a_model_on_body_crops(tiny_cohort):
     # The same tokens in every crop: a model that sees only zeros says nothing but where its tokens are.
     blank = positions.token_position_shares(model, torch.zeros_like(crops))
     assert blank["teacher"]["encoder"] == pytest.approx(1.0)
+    air = {**images, "air_only": dataclasses.replace(images[next(iter(images))],
+                                                     array=np.full((8, 8, 8), -1000.0, dtype=np.float32))}
+    with pytest.raises(InputError, match="air_only.*no voxel inside the body"):
+        positions.body_crops(air, config, 6)
