@@ -46,9 +46,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_KIND = "alice"
 FORMAT_VERSION = 4  # 2: parity-free decoder upsampling; 3: CAFA input norms; 4: decoder skips, unit CAFA tokens
 METRIC_KEYS = ("loss", "loss/cls", "loss/patch", "loss/rec", "loss/uniformity", "cls_agreement", "cls_logit_range")
-# Body crops (fixed per run) on which rank 0 measures, at every checkpoint, what the encoder tokens encode
-# (``alice.pretrain.positions``): logged as ``position_share/teacher`` and ``position_share/student``.
-POSITION_CROPS = 8
+POSITION_CROPS = 8  # body crops on which each checkpoint's position shares are measured
 
 
 @dataclass(frozen=True)
@@ -236,7 +234,7 @@ def _loop(config: PretrainConfig, out_dir: Path, payload: dict | None, process: 
         runs.write_status(out_dir, "running", step, run.steps, f"resumed at step {step}" if payload else "started")
 
     interval, since_checkpoint = _Totals(), _Totals()
-    probe_crops = None  # made at the first checkpoint
+    probe = _PositionProbe(cases, config, device)
     state = "finished"
     try:
         while step < run.steps:
@@ -280,11 +278,7 @@ def _loop(config: PretrainConfig, out_dir: Path, payload: dict | None, process: 
                 interval = _Totals()
                 if writer:
                     if checkpoint_now:
-                        if probe_crops is None:
-                            probe_crops = body_crops({c.case_id: c.image for c in cases}, config, POSITION_CROPS,
-                                                     run.seed)
-                        shares = token_position_shares(model, probe_crops.to(device))
-                        mean.update({f"position_share/{network}": shares[network]["encoder"] for network in shares})
+                        mean.update(probe.measure(model))
                     _log_metrics(out_dir, tensorboard, model, step, run.steps, mean)
             if checkpoint_now:
                 interval_loss = since_checkpoint.mean(process)["loss"]
@@ -303,6 +297,23 @@ def _loop(config: PretrainConfig, out_dir: Path, payload: dict | None, process: 
     if writer:
         runs.finish_run(out_dir, state, step, run.steps, "alice pretrain")
     return runs.checkpoint_path(out_dir)
+
+
+class _PositionProbe:
+    """What the encoder tokens encode (``alice.pretrain.positions``), measured by rank 0 at every checkpoint on
+    ``POSITION_CROPS`` body crops fixed for the run (made at the first measurement; no RNG state is touched)."""
+
+    def __init__(self, cases: list, config: PretrainConfig, device: torch.device):
+        self.cases, self.config, self.device = cases, config, device
+        self.crops: torch.Tensor | None = None
+
+    def measure(self, model: AliceSSL) -> dict[str, float]:
+        """``{"position_share/teacher": s, "position_share/student": s}`` of the encoder tokens."""
+        if self.crops is None:
+            images = {case.case_id: case.image for case in self.cases}
+            self.crops = body_crops(images, self.config, POSITION_CROPS, self.config.run.seed).to(self.device)
+        shares = token_position_shares(model, self.crops)
+        return {f"position_share/{network}": shares[network]["encoder"] for network in shares}
 
 
 class _Totals:

@@ -85,8 +85,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", origins: Sequence[str
     cache = run_dir / (EVALUATION_FILE if default_cases else f"evaluation-{split}-{'-'.join(origins)}.json")
     if cache.is_file():
         cached = json.loads(cache.read_text())
-        if (cached.get("step"), cached.get("split"), cached.get("origins", origins)) == (payload["step"], split,
-                                                                                          origins):
+        key = (cached.get("step"), cached.get("split"), cached.get("origins", origins))
+        if key == (payload["step"], split, origins):
             return cached
     cases = labelled_cases(config.data.manifest, split, tuple(origins), None, get_label_set(config.data.label_set))
     if not cases:

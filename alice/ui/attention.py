@@ -59,8 +59,12 @@ def load_model(checkpoint: Path | None) -> tuple:
     Raises:
         InputError: an unreadable checkpoint or one of another kind.
     """
-    token = None if checkpoint is None else (str(checkpoint), checkpoint.stat().st_mtime_ns)
-    return _model(checkpoint, token)
+    return _model(checkpoint, _checkpoint_token(checkpoint))
+
+
+def _checkpoint_token(checkpoint: Path | None) -> tuple | None:
+    """What the caches key a checkpoint by: its path and modification time (None: the untrained model)."""
+    return None if checkpoint is None else (str(checkpoint), checkpoint.stat().st_mtime_ns)
 
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the model...")
@@ -90,9 +94,9 @@ def _pair(_cases: tuple[CaseRecord, ...], _sam: anatomy.Sam, token: tuple | None
 def run_inspection(model_bundle: tuple, checkpoint: Path | None, cohort: Cohort, pair: ViewPair,
                    seed: int) -> inspect.Inspection:
     """The forward pass of ``pair`` (masks drawn with ``seed``), once per model, pair and seed."""
-    token = None if checkpoint is None else (str(checkpoint), checkpoint.stat().st_mtime_ns)
     records = {r.case_id: r for r in cohort.cases}
-    return _inspection(model_bundle, records[pair.query_case], records[pair.key_case], token, pair, seed)
+    return _inspection(model_bundle, records[pair.query_case], records[pair.key_case], _checkpoint_token(checkpoint),
+                       pair, seed)
 
 
 @st.cache_data(max_entries=8, show_spinner="Running the pair through the model...")
@@ -255,8 +259,7 @@ def show_token_positions(model_bundle: tuple, checkpoint: Path | None, cohort: C
                 "sliding-window embedding of them matches places by their position in the window, not by anatomy.")
     if not st.toggle("Measure what the tokens encode", key="attention.positions"):
         return
-    token = None if checkpoint is None else (str(checkpoint), checkpoint.stat().st_mtime_ns)
-    shares = _token_positions(model_bundle, tuple(cohort.cases), token,
+    shares = _token_positions(model_bundle, tuple(cohort.cases), _checkpoint_token(checkpoint),
                               tuple(case_stamp(c) for c in cohort.cases))
     st.dataframe({"tokens": ["encoder (bottleneck)", "decoder (first stage)"],
                   **{f"{network} position share": [round(shares[network][t], 3) for t in ("encoder", "decoder")]
