@@ -287,16 +287,16 @@ def cmd_ship_checkpoint(args: argparse.Namespace) -> int:
     from alice.explore.dense import EmbeddingSettings
     from alice.explore.evaluate import DEFAULT_SOURCES, run_retrieval_evaluation
     from alice.pretrain.card import ship_checkpoint, write_card
-    from alice.pretrain.inspect import checkpoint_position_shares
+    from alice.pretrain.inspect import checkpoint_token_statistics
 
     out = ship_checkpoint(args.run, args.out)
     sources = {**DEFAULT_SOURCES, "alice": EmbeddingSettings(source="alice", checkpoint=str(out))}
     quality = run_retrieval_evaluation(paths.SAMPLE_MANIFEST, sources)
     images = {record.case_id: load_volume(record.image)
               for record in load_manifest(paths.SAMPLE_MANIFEST).split("train")}
-    positions = {"this checkpoint": checkpoint_position_shares(out, images)[0],
-                 "untrained": checkpoint_position_shares(None, images)[0]}
-    card = write_card(args.run, out, out.with_suffix(".md"), args.command, quality, positions)
+    tokens = {"this checkpoint": checkpoint_token_statistics(out, images)[0],
+              "untrained": checkpoint_token_statistics(None, images)[0]}
+    card = write_card(args.run, out, out.with_suffix(".md"), args.command, quality, tokens)
     print(f"wrote {out} and {card}")
     return 0
 

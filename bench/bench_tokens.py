@@ -1,8 +1,8 @@
-"""What the Alice tokens encode: the share of their variance explained by their place in the crop.
+"""What the Alice tokens encode: how much they change from crop to crop, and how much their place in the crop explains.
 
 Run from the repository root: ``python bench/bench_tokens.py [--run NAME=PRETRAINING_RUN ...]``. Crops are taken
 at random voxels inside the body of the sample cohort's training cases (seeded); each model's teacher and student
-backbones run on the whole crops, as dense embeddings use them, and ``alice.pretrain.positions.position_share`` of
+backbones run on the whole crops, as dense embeddings use them, and ``alice.pretrain.positions.token_statistics`` of
 their encoder (bottleneck) and decoder tokens is reported. Rows: the untrained network (the control), the shipped
 checkpoint, and each ``--run``'s last checkpoint.
 """
@@ -46,6 +46,7 @@ def main() -> None:
     from alice.data.cohort import load_manifest
     from alice.data.io import load_volume
     from alice.pretrain import inspect
+    from alice.pretrain.positions import TABLE_HEADER, table_cells
 
     images = {record.case_id: load_volume(record.image)
               for record in load_manifest(paths.SAMPLE_MANIFEST).split("train")}
@@ -54,18 +55,18 @@ def main() -> None:
                     for name, path in (item.split("=", 1) for item in args.run)})
     rows = []
     for name, checkpoint in sources.items():
-        shares, step = inspect.checkpoint_position_shares(checkpoint, images, args.crops, args.seed)
+        statistics, step = inspect.checkpoint_token_statistics(checkpoint, images, args.crops, args.seed)
         rows.append(f"| {name} | {'-' if step is None else step} | {settings(checkpoint)} | "
-                    + " | ".join(f"{shares[network][tokens]:.2f}" for network in ("teacher", "student")
-                                 for tokens in ("encoder", "decoder")) + " |")
+                    f"{table_cells(statistics)} |")
         print(rows[-1], flush=True)
     command = " ".join(["python bench/bench_tokens.py", *(f"--run {item}" for item in args.run)])
     lines = [SECTION, "", f"- Command: `{command}`", f"- Date: {now()}", f"- Machine: {machine()}", "",
-             (f"Share of the tokens' variance explained by their place in the crop alone, over {args.crops} crops at "
-              "random voxels inside the body of the sample cohort's training cases (1: every crop has the same "
-              "token at a place, whatever anatomy it shows; 0: the place tells nothing):"), "",
-             "| model | step | settings other than the `cpu-tiny` preset's | teacher encoder | teacher decoder | "
-             "student encoder | student decoder |", "|---|---|---|---|---|---|---|", *rows, ""]
+             (f"Over {args.crops} crops at random voxels inside the body of the sample cohort's training cases, each "
+              "cell gives the crop variance (how much the unit token at one place changes from crop to crop; 0: "
+              "the same token in every crop, whatever anatomy it shows) and the position share (how much of the "
+              "tokens' variation their place in the crop alone explains; 1: position codes):"), "",
+             f"| model | step | settings other than the `cpu-tiny` preset's | {TABLE_HEADER} |",
+             "|---|---|---|---|---|---|---|", *rows, ""]
     text = "\n".join(lines)
     write_section(SECTION, text)
     print(text)

@@ -54,4 +54,4 @@ else:
 st.subheader("Teacher-student agreement")
 attention.show_similarity(found, view, cell)
 st.subheader("What the tokens encode")
-attention.show_token_positions(bundle, sources[label], cohort)
+attention.show_token_statistics(bundle, sources[label], cohort)

@@ -16,6 +16,7 @@ import yaml
 
 from alice import runs
 from alice.atomic import atomic_write, atomic_write_text
+from alice.pretrain.positions import TABLE_HEADER, table_cells
 from alice.pretrain.train import load_checkpoint
 
 KEPT_KEYS = ("kind", "format_version", "alice_version", "torch_version", "config", "step", "world_size", "best_loss")
@@ -30,7 +31,7 @@ def ship_checkpoint(run_dir: str | Path, out: str | Path) -> Path:
 
 
 def write_card(run_dir: str | Path, checkpoint: str | Path, card: str | Path, command: str, quality: dict,
-               positions: dict[str, dict[str, dict[str, float]]]) -> Path:
+               tokens: dict[str, dict[str, dict[str, dict[str, float]]]]) -> Path:
     """Write the model card of a shipped checkpoint.
 
     Args:
@@ -39,8 +40,8 @@ def write_card(run_dir: str | Path, checkpoint: str | Path, card: str | Path, co
         card: the Markdown file to write.
         command: the pretraining command.
         quality: the JSON object of ``alice eval retrieval`` on the shipped file.
-        positions: model name (this checkpoint, the untrained control) -> its
-            ``alice.pretrain.positions.token_position_shares`` on the sample cohort.
+        tokens: model name (this checkpoint, the untrained control) -> its
+            ``alice.pretrain.positions.token_statistics`` on the sample cohort.
     """
     run_dir = Path(run_dir)
     payload = load_checkpoint(checkpoint)
@@ -62,9 +63,9 @@ def write_card(run_dir: str | Path, checkpoint: str | Path, card: str | Path, co
                 "student, in the runs examined, settled on one cls embedding for every crop, at which all prototype "
                 "scores tie. A term that spreads the embeddings against a queue of recent ones (the uniformity term "
                 "here, or a MoCo-style contrast tried in development) does not prevent this: the one point drifts "
-                "across the sphere and so stays away from its own earlier positions. The dense tokens, which the "
-                "explorer uses, are trained by the token (CAFA) and reconstruction losses; their retrieval quality "
-                "is measured below."
+                "across the sphere and so stays away from its own earlier positions. The cls is the mean of the "
+                "encoder tokens: whether they change from crop to crop at all is measured below (crop variance), "
+                "and so is the retrieval quality of the dense tokens the explorer uses."
                 if collapsed else f"cls loss {mean['loss/cls']:.3f} (uniform would be {uniform:.2f}).") + range_note
     loss = config["loss"]
     departures = []
@@ -78,9 +79,7 @@ def write_card(run_dir: str | Path, checkpoint: str | Path, card: str | Path, co
         departures.append("CAFA normalises its input tokens and returns unit-length output tokens, the scale of the "
                           "prototype scores the temperatures are set for (`alice.models.cafa`)")
     extra_note = "".join(f"\n- Not in Alice: {d}." for d in departures)
-    position_rows = "\n".join(f"| {name} | " + " | ".join(f"{shares[network][tokens]:.2f}" for network in
-                                                         ("teacher", "student") for tokens in ("encoder", "decoder"))
-                               + " |" for name, shares in positions.items())
+    token_rows = "\n".join(f"| {name} | {table_cells(statistics)} |" for name, statistics in tokens.items())
     alice_source = quality.get("sources", {}).get("alice", {})
     tokens_note = (f" (Alice: {alice_source['network']} backbone, {alice_source['tokens']} tokens)"
                    if "tokens" in alice_source else "")
@@ -112,13 +111,15 @@ embeddings every 6 mm{tokens_note}:
 |---|---|---|---|---|---|
 {rows}
 
-## What the tokens encode (`alice.pretrain.positions.token_position_shares`)
-Share of the tokens' variance, over crops anywhere in the body of the sample cohort's training cases, that their
-place in the crop alone explains (1: every crop has the same token at a place, whatever anatomy it shows):
+## What the tokens encode (`alice.pretrain.positions.token_statistics`)
+Over crops anywhere in the body of the sample cohort's training cases, each cell gives the crop variance (how much
+the unit token at one place changes from crop to crop; 0: the same token in every crop, whatever anatomy it
+shows) and the position share (how much of the tokens' variation their place in the crop alone explains; 1:
+position codes):
 
-| model | teacher encoder | teacher decoder | student encoder | student decoder |
+| model | {TABLE_HEADER} |
 |---|---|---|---|---|
-{position_rows}
+{token_rows}
 
 ## Config (stored in the checkpoint)
 ```yaml

@@ -21,7 +21,7 @@ from alice.errors import InputError
 from alice.mining.views import ViewPair
 from alice.pretrain.config import PRESETS, PretrainConfig
 from alice.pretrain.masking import make_masks
-from alice.pretrain.positions import body_crops, token_position_shares
+from alice.pretrain.positions import body_crops, token_statistics
 from alice.pretrain.ssl_model import AliceSSL, build_ssl_model
 from alice.pretrain.train import load_checkpoint
 from alice.pretrain.views import PairBatch, crop_window
@@ -200,9 +200,9 @@ def similarity_map(inspection: Inspection, view: int) -> np.ndarray:
     return tokens_to_voxels(inspection.token_similarity[view], inspection.similarity_grid, inspection.roi_voxels)
 
 
-def checkpoint_position_shares(checkpoint: str | Path | None, images: dict[str, Volume], count: int = 32,
-                               seed: int = 0) -> tuple[dict[str, dict[str, float]], int | None]:
-    """``alice.pretrain.positions.token_position_shares`` of a checkpoint (None: the untrained cpu-tiny model) on
+def checkpoint_token_statistics(checkpoint: str | Path | None, images: dict[str, Volume], count: int = 32,
+                                seed: int = 0) -> tuple[dict[str, dict[str, dict[str, float]]], int | None]:
+    """``alice.pretrain.positions.token_statistics`` of a checkpoint (None: the untrained cpu-tiny model) on
     ``count`` body crops of ``images`` (name -> volume), and the checkpoint's step."""
     model, config, step = load_model(checkpoint)
-    return token_position_shares(model, body_crops(images, config, count, seed)), step
+    return token_statistics(model, body_crops(images, config, count, seed)), step

@@ -5,8 +5,8 @@ backward (DDP averages the student's gradients), freeze the prototype layers in 
 parameter's gradient (DINO style), AdamW with the step's LR and weight decay (none on biases and norms), then
 the EMA teacher update; the centres follow the teacher outputs after every micro-batch (all-reduced). At every
 checkpoint rank 0 also measures what the encoder tokens encode on a few body crops (``alice.pretrain.positions``)
-and logs it with that step's metrics: a share near 1 means the tokens say where they sit in the crop, not what
-anatomy they see.
+and logs it with that step's metrics: a crop variance near 0 means the token at a place is the same in every crop,
+and a position share near 1 that the tokens say where they sit in the crop, not what anatomy they see.
 
 The run folder follows ``alice.runs``; rank 0 writes it. A checkpoint holds the config (plain data), every
 weight and centre, the optimiser, the step (the schedules' position), the best loss so far, and the RNG states
@@ -36,7 +36,7 @@ from alice import __version__, runs
 from alice.atomic import atomic_write
 from alice.errors import InputError
 from alice.pretrain.config import PretrainConfig, resolve_config, validate
-from alice.pretrain.positions import body_crops, token_position_shares
+from alice.pretrain.positions import MEASURES, body_crops, token_statistics
 from alice.pretrain.schedules import Schedules, build_schedules
 from alice.pretrain.ssl_model import AliceSSL, build_ssl_model
 from alice.pretrain.views import PairSampler, load_mining_cases
@@ -44,9 +44,10 @@ from alice.pretrain.views import PairSampler, load_mining_cases
 log = logging.getLogger(__name__)
 
 CHECKPOINT_KIND = "alice"
-FORMAT_VERSION = 4  # 2: parity-free decoder upsampling; 3: CAFA input norms; 4: decoder skips, unit CAFA tokens
+FORMAT_VERSION = 5  # 2: parity-free decoder upsampling; 3: CAFA input norms; 4: decoder skips, unit CAFA tokens;
+# 5: edge-replicating convs
 METRIC_KEYS = ("loss", "loss/cls", "loss/patch", "loss/rec", "loss/uniformity", "cls_agreement", "cls_logit_range")
-POSITION_CROPS = 8  # body crops on which each checkpoint's position shares are measured
+TOKEN_CROPS = 8  # body crops on which each checkpoint's token statistics are measured
 
 
 @dataclass(frozen=True)
@@ -234,7 +235,7 @@ def _loop(config: PretrainConfig, out_dir: Path, payload: dict | None, process: 
         runs.write_status(out_dir, "running", step, run.steps, f"resumed at step {step}" if payload else "started")
 
     interval, since_checkpoint = _Totals(), _Totals()
-    probe = _PositionProbe(cases, config, device)
+    probe = _TokenProbe(cases, config, device)
     state = "finished"
     try:
         while step < run.steps:
@@ -299,21 +300,22 @@ def _loop(config: PretrainConfig, out_dir: Path, payload: dict | None, process: 
     return runs.checkpoint_path(out_dir)
 
 
-class _PositionProbe:
+class _TokenProbe:
     """What the encoder tokens encode (``alice.pretrain.positions``), measured by rank 0 at every checkpoint on
-    ``POSITION_CROPS`` body crops fixed for the run (made at the first measurement; no RNG state is touched)."""
+    ``TOKEN_CROPS`` body crops fixed for the run (made at the first measurement; no RNG state is touched)."""
 
     def __init__(self, cases: list, config: PretrainConfig, device: torch.device):
         self.cases, self.config, self.device = cases, config, device
         self.crops: torch.Tensor | None = None
 
     def measure(self, model: AliceSSL) -> dict[str, float]:
-        """``{"position_share/teacher": s, "position_share/student": s}`` of the encoder tokens."""
+        """``crop_variance/{teacher,student}`` and ``position_share/{teacher,student}`` of the encoder tokens."""
         if self.crops is None:
             images = {case.case_id: case.image for case in self.cases}
-            self.crops = body_crops(images, self.config, POSITION_CROPS, self.config.run.seed).to(self.device)
-        shares = token_position_shares(model, self.crops)
-        return {f"position_share/{network}": shares[network]["encoder"] for network in shares}
+            self.crops = body_crops(images, self.config, TOKEN_CROPS, self.config.run.seed).to(self.device)
+        statistics = token_statistics(model, self.crops)
+        return {f"{measure}/{network}": statistics[network]["encoder"][measure]
+                for network in statistics for measure in MEASURES}
 
 
 class _Totals:
@@ -352,7 +354,7 @@ def _log_metrics(out_dir: Path, tensorboard, model: AliceSSL, step: int, total: 
               "centre_norm/cls": float(model.cls_loss.centre.norm()),
               "centre_norm/patch": float(model.patch_loss.centre.norm()),
               "seconds_per_step": mean["seconds_per_step"],
-              **{k: v for k, v in mean.items() if k.startswith("position_share/")}}
+              **{k: v for k, v in mean.items() if k.split("/")[0] in MEASURES}}
     runs.append_metrics(out_dir, record)
     for key, value in record.items():
         if key != "step":

@@ -23,7 +23,7 @@ from alice.pretrain.export import backbone_weights_file, read_backbone
 
 SCRATCH = "scratch"
 CHECKPOINT_KIND = "segmentation"
-FORMAT_VERSION = 4  # 3: parity-free decoder upsampling; 4: decoder skips added
+FORMAT_VERSION = 5  # 3: parity-free decoder upsampling; 4: decoder skips added; 5: edge-replicating convs
 # The ModelConfig fields that decide the backbone's weights; the others (drop path, head, CAFA) may differ.
 ARCHITECTURE_FIELDS = ("backbone", "roi", "in_channels", "feature_size", "depths", "num_heads", "window_sizes",
                        "patch_size")

@@ -36,7 +36,7 @@ CHART = "attention.heat"
 CLICKED = "attention.clicked"
 MASK_RGB = np.array([40, 120, 255], dtype=np.float32)
 PLANE_PX = 260
-POSITION_CROPS = 16
+TOKEN_CROPS = 16
 
 
 def model_sources() -> dict[str, Path | None]:
@@ -249,31 +249,32 @@ def show_similarity(found: inspect.Inspection, view: int, cell) -> None:
                     key="attention.similarity")
 
 
-def show_token_positions(model_bundle: tuple, checkpoint: Path | None, cohort: Cohort) -> None:
-    """On request (about 10 s on CPU): the share of the model's token variance that their place in the crop alone
-    explains, over crops anywhere in the body of the cohort's cases (``alice.pretrain.positions``)."""
-    st.markdown("Do the tokens describe the anatomy they see, or only where in the crop they sit? Over "
-                f"{POSITION_CROPS} crops taken anywhere in the body, the share of the tokens' variation that their "
-                "place in the crop alone explains. Near 1, every crop gives the same token at a place: such tokens "
-                "cannot tell one anatomy from another, their mean (the cls input) is the same for every crop, and a "
-                "sliding-window embedding of them matches places by their position in the window, not by anatomy.")
+def show_token_statistics(model_bundle: tuple, checkpoint: Path | None, cohort: Cohort) -> None:
+    """On request (about 10 s on CPU): how much the model's tokens change from crop to crop and how much their place
+    in the crop explains, over crops anywhere in the body of the cohort's cases (``alice.pretrain.positions``)."""
+    st.markdown("Do the tokens describe the anatomy they see, only where in the crop they sit, or nothing? Over "
+                f"{TOKEN_CROPS} crops taken anywhere in the body: the **crop variance**, how much the token at "
+                "one place changes from crop to crop (near 0, every crop gives the same token there: such tokens "
+                "cannot tell one anatomy from another, and their mean, the cls input, is the same for every crop), "
+                "and the **position share**, how much of the tokens' variation their place in the crop alone "
+                "explains (near 1, a sliding-window embedding matches places by their position in the window).")
     if not st.toggle("Measure what the tokens encode", key="attention.positions"):
         return
-    shares = _token_positions(model_bundle, tuple(cohort.cases), _checkpoint_token(checkpoint),
-                              tuple(case_stamp(c) for c in cohort.cases))
+    statistics = _token_statistics(model_bundle, tuple(cohort.cases), _checkpoint_token(checkpoint),
+                                   tuple(case_stamp(c) for c in cohort.cases))
     st.dataframe({"tokens": ["encoder (bottleneck)", "decoder (first stage)"],
-                  **{f"{network} position share": [round(shares[network][t], 3) for t in ("encoder", "decoder")]
-                     for network in ("teacher", "student")}}, hide_index=True)
-    st.caption("1: the token at a place is the same for every crop; 0: the place tells nothing. Pick the untrained "
-               "model above for the starting point.")
+                  **{f"{network} {measure.replace('_', ' ')}":
+                     [round(statistics[network][t][measure], 3) for t in ("encoder", "decoder")]
+                     for network in ("teacher", "student") for measure in positions.MEASURES}}, hide_index=True)
+    st.caption("Pick the untrained model above for the starting point.")
 
 
 @st.cache_data(max_entries=8, show_spinner="Running body crops through the model...")
-def _token_positions(_bundle: tuple, _cases: tuple[CaseRecord, ...], token: tuple | None,
-                     stamps: tuple) -> dict[str, dict[str, float]]:
+def _token_statistics(_bundle: tuple, _cases: tuple[CaseRecord, ...], token: tuple | None,
+                      stamps: tuple) -> dict[str, dict[str, dict[str, float]]]:
     model, config, _ = _bundle
-    crops = positions.body_crops({r.case_id: anatomy.case_image(r) for r in _cases}, config, POSITION_CROPS)
-    return positions.token_position_shares(model, crops)
+    crops = positions.body_crops({r.case_id: anatomy.case_image(r) for r in _cases}, config, TOKEN_CROPS)
+    return positions.token_statistics(model, crops)
 
 
 def _gray(values: np.ndarray) -> np.ndarray:

@@ -26,13 +26,14 @@ from plotly.subplots import make_subplots
 from alice import runs
 from alice.errors import InputError
 from alice.pretrain.config import load_config
+from alice.pretrain.positions import MEASURES
 
 log = logging.getLogger(__name__)
 
 KIND = "alice"
 FOLLOWED = "pretrain.follow"
 LOSS_TERMS = ("loss", "loss/cls", "loss/patch", "loss/rec", "cls_agreement", "cls_logit_range",
-              "position_share/student")
+              "crop_variance/student", "position_share/student")
 SCHEDULE_TERMS = ("lr", "wd", "momentum", "teacher_temp")
 POLL_SECONDS = 2
 
@@ -142,7 +143,7 @@ def curves_figure(metrics_by_run: dict[str, list[dict]], terms: tuple[str, ...],
                                         line={"color": colours[number % len(colours)]}, marker={"size": 4}),
                              row=1, col=column)
             figure.update_xaxes(title_text="step", row=1, col=column)
-            if term.startswith("position_share/"):  # a share: its whole range, so 0.99 does not look like 0.5
+            if term.split("/")[0] in MEASURES:  # in [0, 1]: the whole range, so 0.99 does not look like 0.5
                 figure.update_yaxes(range=[0, 1.05], row=1, col=column)
             elif log_y:
                 figure.update_yaxes(type="log", row=1, col=column)

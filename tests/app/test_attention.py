@@ -81,7 +81,9 @@ def test_the_toggle_measures_what_the_tokens_encode():
     assert not at.exception, at.exception
     table = at.dataframe[0].value
     assert list(table["tokens"]) == ["encoder (bottleneck)", "decoder (first stage)"]
-    for column in ("teacher position share", "student position share"):
-        assert table[column].between(0.0, 1.0).all()
+    for network in ("teacher", "student"):
+        assert table[f"{network} position share"].between(0.0, 1.0).all()
+        assert (table[f"{network} crop variance"] > 0).all()  # untrained tokens differ from crop to crop
     # The untrained model on this page: teacher and student start as one network.
-    assert list(table["teacher position share"]) == list(table["student position share"])
+    for measure in ("position share", "crop variance"):
+        assert list(table[f"teacher {measure}"]) == list(table[f"student {measure}"])

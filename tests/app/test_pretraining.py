@@ -64,12 +64,13 @@ def test_runs_are_listed_with_their_curves_and_two_are_compared(workspace_runs):
     assert set(table["state"]) == {"finished"} and set(table["step"]) == {2}
     assert list(table["loss.cafa"]) == [False, True]
     assert table["loss/patch"].notna().all()
-    assert table["position_share/student"].between(0.0, 1.0).all()  # measured at the runs' last checkpoint
+    for measure in ("position_share/student", "crop_variance/student"):  # measured at the runs' last checkpoint
+        assert table[measure].between(0.0, 1.0).all()
     charts = at.get("plotly_chart")
     assert len(charts) == 3  # the comparison, then the followed run's losses and schedules
     compared = charts[0].proto.spec
     assert all(p.name in compared for p in workspace_runs)
-    assert "position_share\\u002fstudent" in compared  # Plotly's JSON escapes "/"
+    assert "position_share\\u002fstudent" in compared and "crop_variance\\u002fstudent" in compared  # "/" escaped
     assert '"range":[0,1.05]' in compared.replace(" ", "")  # a share's whole range
     assert at.multiselect(key="pretrain.compare").value == [p.name for p in reversed(workspace_runs)]
 

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from alice.models.nnformer import (
+    ConvPatchEmbed,
     PatchExpanding,
+    PatchMerging,
     SwinBlock,
     relative_position_index,
     shifted_window_mask,
@@ -117,6 +119,19 @@ def test_upsampling_has_no_parity_pattern():
     out = up(varying)
     for i, j, k in itertools.product(range(6), repeat=3):
         torch.testing.assert_close(out[0, i, j, k], up.proj(varying[0, i // 2, j // 2, k // 2]))
+
+
+@pytest.mark.parametrize("patch_size", [2, 4])
+def test_convolutions_do_not_mark_the_crop_border(patch_size):
+    # A uniform crop must give the same feature at every cell, border cells included: zero padding made the
+    # border cells differ, and trained networks turned that into tokens that encoded their place in the crop.
+    torch.manual_seed(0)
+    embed = ConvPatchEmbed(1, 8, patch_size)
+    out = embed(torch.full((1, 1, 16, 16, 16), 0.7))
+    assert out.shape == (1, 8, 16 // patch_size, 16 // patch_size, 16 // patch_size)
+    torch.testing.assert_close(out, out[..., :1, :1, :1].expand_as(out))
+    merged = PatchMerging(8)(torch.randn(1, 1, 1, 1, 8).expand(1, 4, 4, 4, 8))
+    torch.testing.assert_close(merged, merged[:, :1, :1, :1].expand_as(merged))
 
 
 def test_decoder_features_keep_the_detail_of_one_patch():

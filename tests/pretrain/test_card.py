@@ -11,9 +11,17 @@ from alice.pretrain.train import load_checkpoint
 QUALITY = {"source_case": "case0", "key_cases": ["case1"],
            "sources": {"alice": {"source": "alice", "network": "teacher", "tokens": "both"}},
            "methods": {"alice": {"mre_mm": 12.345, "median_mm": 10.0, "max_mm": 30.0, "within_10mm": 0.5, "n": 4}}}
-POSITIONS = {"this checkpoint": {"teacher": {"encoder": 0.991, "decoder": 0.9}, "student": {"encoder": 0.5,
-                                                                                          "decoder": 0.25}},
-             "untrained": {"teacher": {"encoder": 0.55, "decoder": 0.53}, "student": {"encoder": 0.55, "decoder": 0.53}}}
+
+
+def _statistics(*cells):
+    """Token statistics from (crop variance, position share) cells in the card's column order."""
+    values = iter(cells)
+    return {network: {tokens: dict(zip(("crop_variance", "position_share"), next(values)))
+                      for tokens in ("encoder", "decoder")} for network in ("teacher", "student")}
+
+
+TOKENS = {"this checkpoint": _statistics((0.004, 0.991), (0.01, 0.9), (0.2, 0.5), (0.3, 0.25)),
+          "untrained": _statistics((0.16, 0.0), (0.2, 0.01), (0.16, 0.0), (0.2, 0.01))}
 
 
 def test_the_shipped_file_is_half_precision_without_optimiser_and_loads(finished_run, tmp_path):
@@ -29,7 +37,7 @@ def test_the_shipped_file_is_half_precision_without_optimiser_and_loads(finished
 
 def test_the_card_reports_the_runs_own_figures(finished_run, tmp_path):
     shipped = ship_checkpoint(finished_run, tmp_path / "shipped.pt")
-    card = write_card(finished_run, shipped, tmp_path / "card.md", "alice pretrain --steps 4", QUALITY, POSITIONS)
+    card = write_card(finished_run, shipped, tmp_path / "card.md", "alice pretrain --steps 4", QUALITY, TOKENS)
     text = card.read_text()
     metrics = runs.read_metrics(finished_run)
     cls = sum(m["loss/cls"] for m in metrics) / len(metrics)
@@ -39,7 +47,8 @@ def test_the_card_reports_the_runs_own_figures(finished_run, tmp_path):
     assert f"span {logit_range:.3f}" in text
     assert "| alice | 12.35 | 10.00 | 30.00 | 50% | 4 |" in text
     assert "every 6 mm (Alice: teacher backbone, both tokens):" in text
-    assert "| this checkpoint | 0.99 | 0.90 | 0.50 | 0.25 |" in text and "| untrained | 0.55 | 0.53 | 0.55 | 0.53 |" in text
+    assert "| this checkpoint | 0.00 / 0.99 | 0.01 / 0.90 | 0.20 / 0.50 | 0.30 / 0.25 |" in text
+    assert "| untrained | 0.16 / 0.00 | 0.20 / 0.01 | 0.16 / 0.00 | 0.20 / 0.01 |" in text
     assert "Not in Alice: a uniformity term" not in text  # the tiny run trains without it
     uniform = math.log(load_checkpoint(shipped)["config"]["model"]["head_out_dim"])
     assert ("Known weakness" in text) == (cls > 0.98 * uniform)
@@ -52,9 +61,9 @@ def test_the_card_names_the_terms_that_are_not_alices(finished_run, tmp_path):
     payload["config"] = config
     edited = tmp_path / "edited.pt"
     torch.save(payload, edited)
-    text = write_card(finished_run, edited, tmp_path / "card.md", "alice pretrain", QUALITY, POSITIONS).read_text()
+    text = write_card(finished_run, edited, tmp_path / "card.md", "alice pretrain", QUALITY, TOKENS).read_text()
     assert "Not in Alice: a uniformity term on the cls embeddings (weight 0.5, `loss.uniformity_weight`)" in text
     assert "CAFA's target branch" not in text  # the student's queries are the official code's
     default = write_card(finished_run, runs.checkpoint_path(finished_run), tmp_path / "default.md", "alice pretrain",
-                         QUALITY, POSITIONS).read_text()
+                         QUALITY, TOKENS).read_text()
     assert "Not in Alice: CAFA's target branch takes the teacher's unmasked encoder tokens" in default

@@ -30,7 +30,21 @@ def test_position_share_is_one_for_tokens_that_only_say_where_they_are_and_zero_
         positions.position_share(by_place[:1])
 
 
-def test_token_position_shares_of_a_model_on_body_crops(tiny_cohort):
+def test_crop_variance_is_zero_when_every_crop_gives_the_same_token_at_a_place():
+    generator = torch.Generator().manual_seed(0)
+    by_place = torch.randn(1, 27, 8, generator=generator).repeat(16, 1, 1)
+    constant = torch.randn(1, 1, 8, generator=generator).repeat(16, 27, 1)
+    by_crop = torch.randn(16, 1, 8, generator=generator).repeat(1, 27, 1)
+    assert positions.crop_variance(by_place) == pytest.approx(0.0, abs=1e-12)
+    assert positions.crop_variance(constant) == pytest.approx(0.0, abs=1e-12)  # no position code, yet no content
+    assert positions.crop_variance(5.0 * by_crop) == pytest.approx(positions.crop_variance(by_crop))  # cosine
+    # Unrelated unit directions in C dimensions: variance 1 - |mean|^2, near 1 for many crops.
+    assert 0.8 < positions.crop_variance(torch.randn(400, 4, 64, generator=generator)) <= 1.0
+    with pytest.raises(ValueError, match="at least 2 crops"):
+        positions.crop_variance(by_place[:1])
+
+
+def test_token_statistics_of_a_model_on_body_crops(tiny_cohort):
     config = tiny_pretrain_config(tiny_cohort)
     torch.manual_seed(0)
     model = build_ssl_model(config).eval()
@@ -40,14 +54,19 @@ def test_token_position_shares_of_a_model_on_body_crops(tiny_cohort):
     assert crops.shape == (6, 1, roi, roi, roi)
     assert crops.std(dim=(1, 2, 3, 4)).min() > 0  # every crop shows some tissue
     torch.testing.assert_close(crops, positions.body_crops(images, config, 6, seed=0))
-    shares = positions.token_position_shares(model, crops)
-    assert set(shares) == {"teacher", "student"}
-    for network in shares.values():
+    statistics = positions.token_statistics(model, crops)
+    assert set(statistics) == {"teacher", "student"}
+    for network in statistics.values():
         assert set(network) == {"encoder", "decoder"}
-        assert all(0.0 <= share <= 1.0 for share in network.values())
+        assert all(set(tokens) == set(positions.MEASURES) for tokens in network.values())
+        assert all(0.0 < tokens["crop_variance"] <= 1.0 for tokens in network.values())
+    # Untrained tokens describe what they see: with zero-padded convolutions they already said where they sat in
+    # the crop (about half their variance), the start of the collapse of every trained model into position codes.
+    assert max(tokens["position_share"] for network in statistics.values() for tokens in network.values()) < 0.1
     # The same tokens in every crop: a model that sees only zeros says nothing but where its tokens are.
-    blank = positions.token_position_shares(model, torch.zeros_like(crops))
-    assert blank["teacher"]["encoder"] == pytest.approx(1.0)
+    blank = positions.token_statistics(model, torch.zeros_like(crops))
+    assert blank["teacher"]["encoder"]["position_share"] == pytest.approx(1.0)
+    assert blank["teacher"]["encoder"]["crop_variance"] == pytest.approx(0.0, abs=1e-12)
     air = {**images, "air_only": dataclasses.replace(images[next(iter(images))],
                                                      array=np.full((8, 8, 8), -1000.0, dtype=np.float32))}
     with pytest.raises(InputError, match="air_only.*no voxel inside the body"):

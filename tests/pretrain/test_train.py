@@ -14,7 +14,7 @@ from tests.pretrain.conftest import tiny_pretrain_config
 METRIC_KEYS = {"step", "loss", "loss/cls", "loss/patch", "loss/rec", "loss/uniformity", "cls_agreement",
                "cls_logit_range", "lr", "wd", "momentum",
                "teacher_temp", "centre_norm/cls", "centre_norm/patch", "seconds_per_step"}
-POSITION_KEYS = {"position_share/teacher", "position_share/student"}
+POSITION_KEYS = {"position_share/teacher", "position_share/student", "crop_variance/teacher", "crop_variance/student"}
 
 
 def test_a_run_writes_every_file_of_the_run_folder(finished_run, tiny_cohort):
