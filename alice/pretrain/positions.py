@@ -87,7 +87,7 @@ def body_crops(images: dict[str, Volume], config: PretrainConfig, count: int, se
     return torch.from_numpy(np.stack(crops))[:, None]
 
 
-MEASURES = ("crop_variance", "position_share")
+MEASURES = {"crop_variance": crop_variance, "position_share": position_share}  # name -> measure of (crops, N, C)
 COLUMNS = tuple((network, tokens) for network in ("teacher", "student") for tokens in ("encoder", "decoder"))
 TABLE_HEADER = "teacher encoder | teacher decoder | student encoder | student decoder"
 
@@ -113,7 +113,6 @@ def token_statistics(model: torch.nn.Module, crops: torch.Tensor) -> dict[str, d
             out = backbone(crops, None)
         finally:
             backbone.train(was_training)
-        statistics[network] = {name: {"crop_variance": crop_variance(out[key]),
-                                      "position_share": position_share(out[key])}
+        statistics[network] = {name: {measure: of(out[key]) for measure, of in MEASURES.items()}
                                for name, key in (("encoder", "enc_tokens"), ("decoder", "dec_tokens"))}
     return statistics
