@@ -278,6 +278,9 @@ def cmd_eval_retrieval(args: argparse.Namespace) -> int:
     for case, facts in result["real_patients"].items():
         cycle = ", ".join(f"{name} {m['mre_mm']:.1f} mm" for name, m in facts["cycle_error"].items())
         print(f"{case}: landmark error {facts['landmark_error']}; mean cycle error {cycle}")
+    retiling = ", ".join(f"{name} {m['mre_mm']:.1f} mm" for name, m in result["retiling"].items())
+    print(f"{args.source_case} re-tiled (cropped by {next(iter(result['retiling'].values()))['shift_voxels']} "
+          f"voxels): mean error {retiling}")
     return 0
 
 

@@ -1,7 +1,8 @@
 """Representation explorer benchmark (issue 5): retrieval quality per source, dense-embedding time, click latency.
 
 (a) ``alice eval retrieval`` on the sample cohort (held-out pseudo-subjects, exact truth): MRE, median, max and
-    within 5/10/20 mm for Alice, SAM and the untrained network, plus the cycle errors on the real patients;
+    within 5/10/20 mm for Alice, SAM and the untrained network, plus the cycle errors on the real patients and the
+    re-tiling errors (the source scan's landmarks in the same scan cropped by a few voxels);
 (b) dense-embedding seconds per case for each source, from an empty cache;
 (c) the Landmark retrieval page's server time per click with cached embeddings (AppTest script runs, SAM and
     Alice, each alone), median over a sequence of clicks at different voxels.
@@ -105,6 +106,11 @@ def main() -> None:
             f"{name}: " + ", ".join(f"{k} {v}" for k, v in settings.items() if k not in ("source", "checkpoint"))
             for name, settings in quality["sources"].items()) + ".", "",
         "Real patients (no shared labelled structure with the source scan):", "", *cycles, "",
+        f"Re-tiling: {quality['source_case']}'s landmarks found in the same scan cropped by "
+        f"{next(iter(quality['retiling'].values()))['shift_voxels']} voxels (the truth is the point itself; only where the windows "
+        "fall changes), error in mm: " + ", ".join(
+            f"{name} {m['mre_mm']:.1f} (median {m['median_mm']:.1f}, n {m['n']})"
+            for name, m in quality["retiling"].items()) + ".", "",
         f"(b) Dense embedding of {EMBED_CASE} from an empty cache, seconds: "
         + ", ".join(f"{k} {v}" for k, v in embed.items()) + " (SAM reads its whole-case cache; Alice and untrained "
         "run the backbone window by window).", "",

@@ -34,8 +34,10 @@ import torch
 import torch.nn.functional as F
 
 from alice import paths
-from alice.anatomy.cache import body_mask, cached_embedding, content_hash
+from alice.anatomy.cache import CaseEmbedding, body_mask, cached_embedding, content_hash
+from alice.anatomy.cache import embed_case as embed_sam_case
 from alice.anatomy.grid import sample_at_mm
+from alice.anatomy.model import load_sam
 from alice.atomic import atomic_write
 from alice.data.cohort import CaseRecord, LoadedCase, load_case
 from alice.data.io import Volume, resample_volume
@@ -110,12 +112,12 @@ class EmbeddingSettings:
         common = {"source": self.source, "grid_mm": self.grid_mm}
         if self.source == "sam":
             return {**common, "sam_part": self.sam_part}
-        from alice.pretrain.train import FORMAT_VERSION as NETWORK_VERSION
+        from alice.models import build
 
         # The network version too: a change to the backbone's code changes the untrained source's vectors, whose
         # settings and (absent) checkpoint stay the same.
         network = {"network": self.network, "tokens": self.tokens, "overlap": self.overlap,
-                   "spacing_mm": self.spacing_mm, "network_version": NETWORK_VERSION}
+                   "spacing_mm": self.spacing_mm, "network_version": build.NETWORK_VERSION}
         if self.source == "untrained":
             return {**common, **network, "preset": self.preset, "seed": self.seed}
         return {**common, **network}
@@ -193,13 +195,16 @@ def embed_case(case: LoadedCase, settings: EmbeddingSettings, network=None) -> D
     Args:
         case: the case.
         settings: resolved settings.
-        network: for ``alice`` / ``untrained``, the (model, config) of ``load_network`` (else loaded here).
+        network: the network of ``load_network``, to reuse across cases (``alice`` / ``untrained``: else loaded
+            here). For ``sam`` only to embed a case made in memory: without it SAM's per-file cache is used.
     """
     image = case.image
     ijk, origin, step, index = lattice(image, settings.grid_mm)
     xyz_mm = image.ijk_to_xyz(ijk)
     if settings.source == "sam":
-        vectors = _sam_vectors(case.record, settings, xyz_mm)
+        sam = (cached_embedding(settings.checkpoint, case.record) if network is None
+               else embed_sam_case(network, image))
+        vectors = _sam_vectors(sam, settings, xyz_mm)
     else:
         vectors = _backbone_vectors(image, settings, xyz_mm, network or load_network(settings))
     label = case.label.array[tuple(ijk.T)].astype(np.int32) if case.label is not None else np.zeros(len(ijk), np.int32)
@@ -208,8 +213,7 @@ def embed_case(case: LoadedCase, settings: EmbeddingSettings, network=None) -> D
                           origin.astype(np.int32), step.astype(np.int32), index, image.affine.astype(np.float64))
 
 
-def _sam_vectors(record: CaseRecord, settings: EmbeddingSettings, xyz_mm: np.ndarray) -> np.ndarray:
-    sam = cached_embedding(settings.checkpoint, record)
+def _sam_vectors(sam: CaseEmbedding, settings: EmbeddingSettings, xyz_mm: np.ndarray) -> np.ndarray:
     parts = []
     if settings.sam_part in ("local", "both"):
         parts.append(sample_at_mm(sam.local_tensor, sam.local_affine, xyz_mm))
@@ -219,8 +223,12 @@ def _sam_vectors(record: CaseRecord, settings: EmbeddingSettings, xyz_mm: np.nda
 
 
 def load_network(settings: EmbeddingSettings):
-    """The ``AliceSSL`` model of ``alice`` / ``untrained`` settings, in eval mode, and its pretraining config."""
+    """The network of resolved settings: for ``alice`` / ``untrained`` the ``AliceSSL`` model in eval mode and its
+    pretraining config, for ``sam`` the ``SAMNet``."""
     from alice.pretrain.inspect import load_model
+
+    if settings.source == "sam":
+        return load_sam(settings.checkpoint).model
 
     model, config, _ = load_model(settings.checkpoint or None, settings.preset, settings.seed)
     return model, config

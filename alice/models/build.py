@@ -22,6 +22,10 @@ from alice.models.swin import SwinUNETRBackbone
 BACKBONES: dict[str, type[nn.Module]] = {"nnformer": NnFormer, "swin_unetr": SwinUNETRBackbone}
 NUM_STAGES = 4
 PATCH_SIZES = (2, 4)
+# Version of the backbones' code: a change that gives the same weights another meaning bumps it, and checkpoints,
+# bundles and cached embeddings of another version are refused or recomputed. 5: edge-replicating convs;
+# 6: instance norm in the nnFormer convolutions.
+NETWORK_VERSION = 6
 
 
 @dataclass(frozen=True)

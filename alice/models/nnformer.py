@@ -76,14 +76,6 @@ def relative_position_index(window: Grid) -> torch.Tensor:
     return (offset[0] * span_y + offset[1]) * span_z + offset[2]
 
 
-class ChannelLayerNorm(nn.LayerNorm):
-    """LayerNorm over the channel axis of a (B, C, X, Y, Z) map."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, X, Y, Z) -> the same shape, normalised over C."""
-        return super().forward(x.movedim(1, -1)).movedim(-1, 1)
-
-
 class WindowAttention(nn.Module):
     """Multi-head attention inside 3D windows with a learned relative position bias.
 
@@ -199,9 +191,23 @@ def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv3d:
     return nn.Conv3d(in_channels, out_channels, 3, stride=stride, padding=1, padding_mode="replicate")
 
 
+def spatial_norm(channels: int) -> nn.InstanceNorm3d:
+    """Normalise each channel over the crop's voxels (instance norm; no affine, as a conv or the position
+    embedding follows each one).
+
+    nnFormer normalises each voxel over its channels (LayerNorm) instead. Then most of every conv's input is one
+    vector shared by all voxels (0.8 of its mean square, untrained), the gradient steps align each conv with it,
+    and each layer amplified it: after 20-40 steps of any loss, reconstruction alone included, every bottleneck
+    token was that one vector (crop variance 0.0001, ``alice.pretrain.positions``; at a 10x lower LR the same,
+    later). Removing each channel's mean over the crop, as nnU-Net's instance norm does, leaves no shared vector
+    to amplify.
+    """
+    return nn.InstanceNorm3d(channels)
+
+
 class ConvPatchEmbed(nn.Module):
-    """nnFormer's convolutional stem: two stages of two 3x3x3 convs with GELU and LayerNorm, total stride
-    ``patch_size`` (2 or 4), then a LayerNorm.
+    """nnFormer's convolutional stem: two stages of two 3x3x3 convs with GELU and a norm, total stride
+    ``patch_size`` (2 or 4), then a norm (``spatial_norm`` where nnFormer has LayerNorm).
 
     Args:
         in_channels: input channels.
@@ -215,10 +221,10 @@ class ConvPatchEmbed(nn.Module):
             raise ValueError(f"patch_size must be 2 or 4, got {patch_size}")
         half = dim // 2
         self.layers = nn.Sequential(
-            conv3x3(in_channels, half, stride=2), nn.GELU(), ChannelLayerNorm(half),
-            conv3x3(half, half), nn.GELU(), ChannelLayerNorm(half),
-            conv3x3(half, dim, stride=patch_size // 2), nn.GELU(), ChannelLayerNorm(dim),
-            conv3x3(dim, dim), ChannelLayerNorm(dim))
+            conv3x3(in_channels, half, stride=2), nn.GELU(), spatial_norm(half),
+            conv3x3(half, half), nn.GELU(), spatial_norm(half),
+            conv3x3(half, dim, stride=patch_size // 2), nn.GELU(), spatial_norm(dim),
+            conv3x3(dim, dim), spatial_norm(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, X, Y, Z) -> (B, dim, X / patch, Y / patch, Z / patch)."""
@@ -226,12 +232,12 @@ class ConvPatchEmbed(nn.Module):
 
 
 class PatchMerging(nn.Module):
-    """Halve the grid and double the width: GELU, LayerNorm, 3x3x3 conv with stride 2 (as in nnFormer, but
-    edge-replicating: ``conv3x3``)."""
+    """Halve the grid and double the width: GELU, norm, 3x3x3 conv with stride 2 (as in nnFormer, but with
+    ``spatial_norm`` and the edge-replicating ``conv3x3``)."""
 
     def __init__(self, dim: int):
         super().__init__()
-        self.layers = nn.Sequential(nn.GELU(), ChannelLayerNorm(dim), conv3x3(dim, 2 * dim, stride=2))
+        self.layers = nn.Sequential(nn.GELU(), spatial_norm(dim), conv3x3(dim, 2 * dim, stride=2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, X, Y, Z, C) -> (B, X / 2, Y / 2, Z / 2, 2C), channel-last in and out."""

@@ -80,6 +80,11 @@ def write_card(run_dir: str | Path, checkpoint: str | Path, card: str | Path, co
                           "prototype scores the temperatures are set for (`alice.models.cafa`)")
     extra_note = "".join(f"\n- Not in Alice: {d}." for d in departures)
     token_rows = "\n".join(f"| {name} | {table_cells(statistics)} |" for name, statistics in tokens.items())
+    retiling = quality.get("retiling", {})
+    retiling_note = (f"\nThe same scan cropped by {next(iter(retiling.values()))['shift_voxels']} voxels, where each "
+                     "landmark's truth is itself (only where the windows fall changes), mean error in mm: "
+                     + ", ".join(f"{name} {m['mre_mm']:.1f}" for name, m in retiling.items()) + ".\n"
+                     if retiling else "")
     alice_source = quality.get("sources", {}).get("alice", {})
     tokens_note = (f" (Alice: {alice_source['network']} backbone, {alice_source['tokens']} tokens)"
                    if "tokens" in alice_source else "")
@@ -110,7 +115,7 @@ embeddings every 6 mm{tokens_note}:
 | source | MRE (mm) | median | max | within 10 mm | n |
 |---|---|---|---|---|---|
 {rows}
-
+{retiling_note}
 ## What the tokens encode (`alice.pretrain.positions.token_statistics`)
 Over crops anywhere in the body of the sample cohort's training cases, each cell gives the crop variance (how much
 the unit token at one place changes from crop to crop; 0: the same token in every crop, whatever anatomy it

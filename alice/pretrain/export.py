@@ -18,7 +18,7 @@ from torch import nn
 from alice import __version__, runs
 from alice.atomic import atomic_write, atomic_write_text
 from alice.errors import InputError
-from alice.models.build import ModelConfig, build_backbone
+from alice.models.build import NETWORK_VERSION, ModelConfig, build_backbone
 from alice.pretrain.config import PretrainConfig
 from alice.pretrain.train import load_checkpoint
 
@@ -100,10 +100,42 @@ def read_backbone(source: str | Path) -> tuple[ModelConfig, dict[str, torch.Tens
     source = Path(source)
     weights_path = backbone_weights_file(source)
     if (source / "configs" / "model.json").exists():
-        config = ModelConfig.from_dict(json.loads((source / "configs" / "model.json").read_text()))
-        return config, torch.load(weights_path, map_location="cpu", weights_only=True), weights_path
+        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        return bundle_model_config(source), state, weights_path
     payload = load_checkpoint(weights_path)
     return PretrainConfig.from_dict(payload["config"]).model, student_backbone_state(payload), weights_path
+
+
+def bundle_model_config(bundle_dir: str | Path) -> ModelConfig:
+    """The backbone sizes of a bundle (``configs/model.json``), once its metadata says it holds a network of the
+    version this code builds (weights of another version would load and mean something else).
+
+    Raises:
+        InputError: unreadable configs, or a bundle of another network version (or of none: written before
+            versions were recorded), named.
+    """
+    bundle_dir = Path(bundle_dir)
+    metadata_path, model_path = bundle_dir / "configs" / "metadata.json", bundle_dir / "configs" / "model.json"
+    found = read_json(metadata_path).get("network_version")
+    if found != NETWORK_VERSION:
+        raise InputError(metadata_path, f"holds a network of version {found}; this code builds version "
+                                        f"{NETWORK_VERSION}: export the bundle again from a current checkpoint")
+    return ModelConfig.from_dict(read_json(model_path))
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from a file.
+
+    Raises:
+        InputError: a missing or unreadable file, or one that is not a JSON object.
+    """
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(path, f"cannot read as JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InputError(path, f"holds a JSON {type(data).__name__}, not an object")
+    return data
 
 
 def backbone_weights_file(source: str | Path) -> Path:
@@ -153,6 +185,7 @@ def base_metadata(changelog: str) -> dict:
         "pytorch_version": torch.__version__.split("+")[0],
         "numpy_version": np.__version__,
         "optional_packages_version": {},
+        "network_version": NETWORK_VERSION,
         "authors": "Alice Explorer contributors",
         "copyright": "Copyright (c) Alice Explorer contributors; MIT licence",
         "intended_use": INTENDED_USE,

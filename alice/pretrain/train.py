@@ -44,8 +44,8 @@ from alice.pretrain.views import PairSampler, load_mining_cases
 log = logging.getLogger(__name__)
 
 CHECKPOINT_KIND = "alice"
-FORMAT_VERSION = 5  # 2: parity-free decoder upsampling; 3: CAFA input norms; 4: decoder skips, unit CAFA tokens;
-# 5: edge-replicating convs
+FORMAT_VERSION = 6  # 2: parity-free decoder upsampling; 3: CAFA input norms; 4: decoder skips, unit CAFA tokens;
+# 5: edge-replicating convs; 6: instance norm in the convs
 METRIC_KEYS = ("loss", "loss/cls", "loss/patch", "loss/rec", "loss/uniformity", "cls_agreement", "cls_logit_range")
 TOKEN_CROPS = 8  # body crops on which each checkpoint's token statistics are measured
 

@@ -10,7 +10,6 @@ whole (its unused reconstruction layer included) so pretrained weights load stri
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,11 +18,12 @@ from torch import nn
 
 from alice.errors import InputError
 from alice.models.build import ModelConfig, build_backbone
-from alice.pretrain.export import backbone_weights_file, read_backbone
+from alice.pretrain.export import backbone_weights_file, bundle_model_config, read_backbone, read_json
 
 SCRATCH = "scratch"
 CHECKPOINT_KIND = "segmentation"
-FORMAT_VERSION = 5  # 3: parity-free decoder upsampling; 4: decoder skips added; 5: edge-replicating convs
+FORMAT_VERSION = 6  # 3: parity-free decoder upsampling; 4: decoder skips added; 5: edge-replicating convs;
+# 6: instance norm in the convs
 # The ModelConfig fields that decide the backbone's weights; the others (drop path, head, CAFA) may differ.
 ARCHITECTURE_FIELDS = ("backbone", "roi", "in_channels", "feature_size", "depths", "num_heads", "window_sizes",
                        "patch_size")
@@ -135,8 +135,7 @@ def load_segmentation_net(source: str | Path) -> SegmentationNet:
 
     source = Path(source)
     if (source / "configs" / "segmentation.json").is_file():
-        info = json.loads((source / "configs" / "segmentation.json").read_text())
-        config = ModelConfig.from_dict(json.loads((source / "configs" / "model.json").read_text()))
+        info, config = read_json(source / "configs" / "segmentation.json"), bundle_model_config(source)
         weights = source / "models" / "model.pt"
         if not weights.is_file():
             raise InputError(weights, "missing from the bundle")

@@ -60,11 +60,11 @@ def test_settings_that_change_the_vectors_change_the_key(sam_settings):
 
 def test_a_new_network_version_changes_the_untrained_key_but_not_sams(sam_settings, monkeypatch):
     # The untrained network has no checkpoint whose content would change with the backbone's code.
-    import alice.pretrain.train
+    import alice.models.build
 
     untrained = dataclasses.replace(sam_settings, source="untrained").resolved()
     before = untrained.key(), sam_settings.key()
-    monkeypatch.setattr(alice.pretrain.train, "FORMAT_VERSION", alice.pretrain.train.FORMAT_VERSION + 1)
+    monkeypatch.setattr(alice.models.build, "NETWORK_VERSION", alice.models.build.NETWORK_VERSION + 1)
     assert untrained.key() != before[0]
     assert sam_settings.key() == before[1]
 

@@ -1,11 +1,13 @@
 """The backbone export: a MONAI bundle whose metadata has the required keys and whose model loads and runs."""
 
 import json
+import shutil
 
 import pytest
 import torch
 
 from alice.errors import InputError
+from alice.models.build import NETWORK_VERSION
 from alice.pretrain.export import (
     REQUIRED_METADATA_KEYS,
     REQUIRED_TENSOR_KEYS,
@@ -62,3 +64,20 @@ def test_other_checkpoints_are_refused(tmp_path):
         export_backbone(other, tmp_path / "out")
     with pytest.raises(InputError, match="no such checkpoint"):
         export_backbone(tmp_path / "nothing.pt", tmp_path / "out")
+
+
+@pytest.mark.parametrize("version", [NETWORK_VERSION - 1, None])
+def test_a_bundle_of_another_network_version_is_refused(bundle, tmp_path, version):
+    # Weights of an older network would load into the current one and mean something else.
+    old = shutil.copytree(bundle, tmp_path / "old_bundle")
+    metadata_path = old / "configs" / "metadata.json"
+    metadata = json.loads(metadata_path.read_text())
+    assert metadata["network_version"] == NETWORK_VERSION
+    metadata["network_version"] = version
+    metadata_path.write_text(json.dumps(metadata))
+    with pytest.raises(InputError, match=rf"metadata\.json: holds a network of version {version}; this code builds "
+                                         rf"version {NETWORK_VERSION}"):
+        load_exported_backbone(old)
+    metadata_path.write_text("{not json")
+    with pytest.raises(InputError, match=r"metadata\.json: cannot read as JSON"):
+        load_exported_backbone(old)

@@ -1,6 +1,7 @@
 """What the tokens encode: the position share on hand-made tokens, and a tiny model on body crops."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -62,7 +63,8 @@ def test_token_statistics_of_a_model_on_body_crops(tiny_cohort):
         assert all(0.0 < tokens["crop_variance"] <= 1.0 for tokens in network.values())
     # Untrained tokens describe what they see: with zero-padded convolutions they already said where they sat in
     # the crop (about half their variance), the start of the collapse of every trained model into position codes.
-    assert max(tokens["position_share"] for network in statistics.values() for tokens in network.values()) < 0.1
+    # Over 6 crops chance alone gives up to ~0.15.
+    assert max(tokens["position_share"] for network in statistics.values() for tokens in network.values()) < 0.25
     # The same tokens in every crop: a model that sees only zeros says nothing but where its tokens are.
     blank = positions.token_statistics(model, torch.zeros_like(crops))
     assert blank["teacher"]["encoder"]["position_share"] == pytest.approx(1.0)
@@ -71,3 +73,19 @@ def test_token_statistics_of_a_model_on_body_crops(tiny_cohort):
                                                      array=np.full((8, 8, 8), -1000.0, dtype=np.float32))}
     with pytest.raises(InputError, match="air_only.*no voxel inside the body"):
         positions.body_crops(air, config, 6)
+
+
+def test_training_keeps_tokens_that_differ_from_crop_to_crop(tiny_cohort, tmp_path):
+    # With per-voxel LayerNorms in the convolutions, every conv amplified one vector shared by all voxels, and a few
+    # steps of reconstruction alone made every bottleneck token that vector (crop variance ~0.8 -> < 0.05 here).
+    from alice.pretrain.train import pretrain
+
+    loss = dataclasses.replace(tiny_pretrain_config(tiny_cohort).loss, cls_weight=0.0, patch_weight=0.0)
+    config = tiny_pretrain_config(tiny_cohort, steps=16, loss=loss)
+    config = dataclasses.replace(config, run=dataclasses.replace(config.run, checkpoint_every=16))
+    pretrain(config, tmp_path / "run")
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    measured = [r for r in records if "crop_variance/student" in r]
+    assert [r["step"] for r in measured] == [16]
+    assert measured[0]["loss/rec"] < records[0]["loss/rec"]  # it did train
+    assert measured[0]["crop_variance/student"] > 0.3
