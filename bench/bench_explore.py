@@ -107,8 +107,8 @@ def main() -> None:
             for name, settings in quality["sources"].items()) + ".", "",
         "Real patients (no shared labelled structure with the source scan):", "", *cycles, "",
         f"Re-tiling: {quality['source_case']}'s landmarks found in the same scan cropped by "
-        f"{next(iter(quality['retiling'].values()))['shift_voxels']} voxels (the truth is the point itself; only where the windows "
-        "fall changes), error in mm: " + ", ".join(
+        f"{next(iter(quality['retiling'].values()))['shift_voxels']} voxels (the truth is the point itself; only "
+        "where the windows fall changes), error in mm: " + ", ".join(
             f"{name} {m['mre_mm']:.1f} (median {m['median_mm']:.1f}, n {m['n']})"
             for name, m in quality["retiling"].items()) + ".", "",
         f"(b) Dense embedding of {EMBED_CASE} from an empty cache, seconds: "

@@ -69,13 +69,15 @@ def retiling_errors(settings: EmbeddingSettings, case: LoadedCase, shift: tuple[
     """Radial error (mm) of finding each landmark of ``case`` in the same scan cropped by ``shift`` voxels
     (``cropped_case``), where the truth is the point itself. Nothing changes but where the windows (and strides)
     fall, so an embedding of the anatomy alone scores the lattice's error, one that depends on its window far more.
-    Landmarks cut off by the crop are left out."""
+    Landmarks cut off by the crop are left out. The scan's own embedding comes from the cache the retrieval fills;
+    the cropped scan, made in memory, is embedded directly."""
     settings = settings.resolved()
     network = load_network(settings)
     moved = cropped_case(case, shift)
     xyz_mm = case.landmarks[["x", "y", "z"]].to_numpy()
     kept = xyz_mm[np.all(moved.image.xyz_to_ijk(xyz_mm) >= 0, axis=1)]
-    predicted = matched_points(embed_case(case, settings, network), embed_case(moved, settings, network), kept)
+    original = cached_dense_embedding(case.record, settings, network)
+    predicted = matched_points(original, embed_case(moved, settings, network), kept)
     return np.linalg.norm(predicted - kept, axis=1)
 
 
