@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, machine, now, write_section
+from common import REPO, changed_settings, machine, now, write_section
 
 HEADING = "## Segmentation (issue 6)"
 # The sample cohort's validation case: its one real labelled CT (lidc0001), never a fine-tuning case.
@@ -111,11 +111,12 @@ def main() -> None:
     scratch, alice = result["methods"]["scratch"]["dice_mean"], result["methods"]["alice"]["dice_mean"]
     config = FinetuneConfig.from_dict(runs.read_config(run_dirs[0]))
     shipped_steps = load_checkpoint(paths.alice_checkpoint())["step"]
-    pretraining = {name: (runs.read_config(path) or {}).get("run", {}).get("steps") for name, path in ablations.items()}
+    pretraining = {name: runs.read_config(path) or {} for name, path in ablations.items()}
     command = " ".join(["python bench/bench_segmentation.py", "--seeds", *map(str, args.seeds), "--ablation-seeds",
                         *map(str, args.ablation_seeds), *(f"--ablation {a}" for a in args.ablation)])
     ablation_origin = ("The ablations fine-tune from pretraining runs of "
-                       + ", ".join(f"{n}: {k} steps" for n, k in pretraining.items()) if pretraining else
+                       + "; ".join(f"{n}: {c.get('run', {}).get('steps')} steps, settings other than the cpu-tiny "
+                                   f"preset's: {changed_settings(c)}" for n, c in pretraining.items()) if pretraining else
                        "No ablations in this comparison")
     ablation_minutes = (", plus the ablations' pretraining runs (summed step time): "
                         + ", ".join(f"{name} {m:.1f} min" for name, path in ablations.items()

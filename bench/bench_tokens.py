@@ -14,24 +14,18 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, machine, now, write_section  # noqa: E402  (bench/ is not a package)
+from common import REPO, changed_settings, machine, now, write_section  # noqa: E402  (bench/ is not a package)
 
 SECTION = "## What the Alice tokens encode (bench/bench_tokens.py)"
 
 
 def settings(checkpoint: Path | None) -> str:
-    """The losses, masks and views of a checkpoint's config that differ from the cpu-tiny preset's, as key=value
-    (run length, data and file paths left out)."""
+    """The losses, masks and views of a checkpoint's config that differ from the cpu-tiny preset's."""
     if checkpoint is None:
         return "-"
-    from alice.config import flatten
-    from alice.pretrain.config import PRESETS
     from alice.pretrain.train import load_checkpoint
 
-    preset, own = flatten(PRESETS["cpu-tiny"].to_dict()), flatten(load_checkpoint(checkpoint)["config"])
-    changed = [f"{key}={own[key]}" for key in sorted(own) if key.split(".")[0] in ("loss", "mask", "views")
-               and key != "views.sam_checkpoint" and own[key] != preset.get(key)]
-    return ", ".join(changed) or "none"
+    return changed_settings(load_checkpoint(checkpoint)["config"])
 
 
 def main() -> None:

@@ -34,3 +34,15 @@ def write_section(heading: str, text: str) -> None:
     section = text.rstrip("\n") + "\n\n"  # a blank line before the next section's heading
     new = pattern.sub(lambda _: section, old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + section
     atomic_write_text(RESULTS, new.rstrip("\n") + "\n")
+
+
+def changed_settings(config: dict) -> str:
+    """The losses, masks and views of a pretraining config (nested dict) that differ from the cpu-tiny preset's, as
+    key=value (run length, data and file paths left out); "none" when it has the preset's."""
+    from alice.config import flatten
+    from alice.pretrain.config import PRESETS
+
+    preset, own = flatten(PRESETS["cpu-tiny"].to_dict()), flatten(config)
+    changed = [f"{key}={own[key]}" for key in sorted(own) if key.split(".")[0] in ("loss", "mask", "views")
+               and key != "views.sam_checkpoint" and own[key] != preset.get(key)]
+    return ", ".join(changed) or "none"

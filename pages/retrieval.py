@@ -12,6 +12,10 @@ st.markdown("Click a voxel of the query scan: each embedding source finds the mo
             "scan (cosine similarity of dense embeddings, refined between lattice points). The **cycle error** "
             "sends the match back to the query scan (small = consistent); the **error to truth** is known for the "
             "pseudo-subjects, whose exact correspondence to their source scan is stored.")
+st.caption("How well each source finds landmarks on the sample cohort: the Alice model card "
+           "(`checkpoints/alice_cpu_tiny.md`) and `alice eval retrieval`. With the shipped models, trust SAM's "
+           "matches: the Alice tokens still depend on where the sliding windows fall (README, *Representation "
+           "explorer*), so their matches are often far off.")
 cohorts, problems = list_cohorts()
 for problem in problems:
     st.error(problem)

@@ -21,8 +21,8 @@ from alice.ui.cases import case_stamp
 
 SOURCE_LABELS = {"alice": "Alice (teacher, encoder + decoder tokens)", "sam": "SAM (local + global)",
                  "untrained": "Untrained network (control)"}
-SOURCE_COMMANDS = {"alice": "alice pretrain --preset cpu-tiny, then copy the run's checkpoints/last.pt to "
-                            f"{paths.DEFAULT_ALICE_CHECKPOINT}",
+SOURCE_COMMANDS = {"alice": "alice pretrain --preset cpu-tiny --out RUN_DIR, then alice ship-checkpoint RUN_DIR "
+                            f"(writes {paths.DEFAULT_ALICE_CHECKPOINT})",
                    "sam": f"alice sam train, then copy its checkpoints/final.pt to {paths.DEFAULT_SAM_CHECKPOINT}"}
 
 

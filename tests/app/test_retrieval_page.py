@@ -64,7 +64,8 @@ def test_a_click_finds_the_point_in_every_other_case_with_a_gallery_and_a_csv():
 def test_a_missing_alice_checkpoint_is_explained_and_sam_still_answers(monkeypatch, tmp_path):
     monkeypatch.setattr(paths, "DEFAULT_ALICE_CHECKPOINT", tmp_path / "missing.pt")
     at = open_retrieval(("alice", "sam"))
-    assert any("not available" in e.value and "alice pretrain" in e.value for e in at.error)
+    assert any("not available" in e.value and "alice pretrain" in e.value and "alice ship-checkpoint" in e.value
+               for e in at.error)
     assert len(match_rows(at)) == len(sample_cohort().case_ids) - 1
 
 
