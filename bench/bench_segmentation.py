@@ -92,8 +92,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from alice import paths, runs
-    from alice.segment.evaluate import compare_methods
     from alice.pretrain.train import load_checkpoint
+    from alice.segment.evaluate import compare_methods
     from alice.segment.train import FinetuneConfig
 
     ablations = dict(item.split("=", 1) for item in args.ablation)
@@ -114,9 +114,9 @@ def main() -> None:
     pretraining = {name: runs.read_config(path) or {} for name, path in ablations.items()}
     command = " ".join(["python bench/bench_segmentation.py", "--seeds", *map(str, args.seeds), "--ablation-seeds",
                         *map(str, args.ablation_seeds), *(f"--ablation {a}" for a in args.ablation)])
-    ablation_origin = ("The ablations fine-tune from pretraining runs of "
-                       + "; ".join(f"{n}: {c.get('run', {}).get('steps')} steps, settings other than the cpu-tiny "
-                                   f"preset's: {changed_settings(c)}" for n, c in pretraining.items()) if pretraining else
+    ablation_origin = ("The ablations fine-tune from pretraining runs (steps; settings other than the cpu-tiny "
+                       "preset's): " + ", ".join(f"{n} ({c.get('run', {}).get('steps')}; {changed_settings(c)})"
+                                                 for n, c in pretraining.items()) if pretraining else
                        "No ablations in this comparison")
     ablation_minutes = (", plus the ablations' pretraining runs (summed step time): "
                         + ", ".join(f"{name} {m:.1f} min" for name, path in ablations.items()
