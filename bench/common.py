@@ -40,9 +40,10 @@ def changed_settings(config: dict) -> str:
     """The losses, masks and views of a pretraining config (nested dict) that differ from the cpu-tiny preset's, as
     key=value (run length, data and file paths left out); "none" when it has the preset's."""
     from alice.config import flatten
-    from alice.pretrain.config import PRESETS
+    from alice.pretrain.config import PRESETS, PretrainConfig
 
-    preset, own = flatten(PRESETS["cpu-tiny"].to_dict()), flatten(config)
+    # Through the dataclasses, so a key an older run lacks counts with its default (as the run trained).
+    preset, own = flatten(PRESETS["cpu-tiny"].to_dict()), flatten(PretrainConfig.from_dict(config).to_dict())
     changed = [f"{key}={own[key]}" for key in sorted(own) if key.split(".")[0] in ("loss", "mask", "views")
                and key != "views.sam_checkpoint" and own[key] != preset.get(key)]
     return ", ".join(changed) or "none"

@@ -316,12 +316,14 @@ class NnFormer(nn.Module):
         self.feature_stride = patch_size
         self.apply(_init_weights)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                tokens_only: bool = False) -> dict[str, torch.Tensor]:
         """Encode and reconstruct a crop.
 
         Args:
             x: (B, C_in, X, Y, Z) at ``roi``.
             mask: bool (B, 1, X, Y, Z), True = voxel zeroed before the encoder; None = no masking.
+            tokens_only: stop after the first decoder stage and return ``cls`` and the tokens only.
 
         Returns:
             ``cls`` (B, C_enc), ``enc_tokens`` (B, N_enc, C_enc), ``dec_tokens`` (B, N_dec, C_dec),
@@ -347,7 +349,11 @@ class NnFormer(nn.Module):
             for block in blocks[1:]:
                 h = block(h)
             decoded.append(h)
+            if tokens_only:
+                break
         enc_tokens = grid_to_tokens(bottleneck)
+        if tokens_only:
+            return {"cls": enc_tokens.mean(dim=1), "enc_tokens": enc_tokens, "dec_tokens": grid_to_tokens(decoded[0])}
         features = h.movedim(-1, 1)
         return {"cls": enc_tokens.mean(dim=1), "enc_tokens": enc_tokens, "dec_tokens": grid_to_tokens(decoded[0]),
                 "recon": self.final(features), "features": features}

@@ -88,12 +88,14 @@ class SwinUNETRBackbone(nn.Module):
         self.token_grid: dict[str, tuple[int, int, int]] = {"enc_tokens": grid, "dec_tokens": tuple(2 * g for g in grid)}
         self.feature_stride = 1
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                tokens_only: bool = False) -> dict[str, torch.Tensor]:
         """Encode and reconstruct a crop.
 
         Args:
             x: (B, C_in, X, Y, Z) at ``roi``.
             mask: bool (B, 1, X, Y, Z), True = voxel zeroed before the encoder; None = no masking.
+            tokens_only: stop after the first decoder stage and return ``cls`` and the tokens only.
 
         Returns:
             ``cls`` (B, C_enc), ``enc_tokens`` (B, N_enc, C_enc), ``dec_tokens`` (B, N_dec, C_dec),
@@ -105,12 +107,17 @@ class SwinUNETRBackbone(nn.Module):
         for stage in self.stages:
             hidden.append(stage(hidden[-1].contiguous()))
         bottleneck = _normalize(hidden[-1])  # (B, 8 fs, X/8p, Y/8p, Z/8p)
-        skips = [block(h) for block, h in zip(self.skip_blocks, [x, *map(_normalize, hidden[:3])])]  # 1, p, 2p, 4p
+        skip_inputs = [x, *map(_normalize, hidden[:3])]  # strides 1, p, 2p, 4p
         h = self.bottleneck_block(bottleneck)
         decoded = []
-        for up, skip in zip(self.up_blocks, reversed(skips)):
-            h = up(h, skip)
+        for up, skip_block, skip_input in zip(self.up_blocks, reversed(self.skip_blocks), reversed(skip_inputs)):
+            h = up(h, skip_block(skip_input))
             decoded.append(h)
+            if tokens_only:
+                break
         enc_tokens = grid_to_tokens(bottleneck.movedim(1, -1))
+        if tokens_only:
+            return {"cls": enc_tokens.mean(dim=1), "enc_tokens": enc_tokens,
+                    "dec_tokens": grid_to_tokens(decoded[0].movedim(1, -1))}
         return {"cls": enc_tokens.mean(dim=1), "enc_tokens": enc_tokens,
                 "dec_tokens": grid_to_tokens(decoded[0].movedim(1, -1)), "recon": self.out(h), "features": h}

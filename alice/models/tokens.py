@@ -11,6 +11,9 @@ full grid) and reads three token sets off the backbone. Every backbone here retu
 - ``features``: (B, feature_size, X / s, Y / s, Z / s), the last decoder map that ``recon`` is made from, with
   ``s = backbone.feature_stride``: a segmentation head replaces the reconstruction layer on it.
 
+``forward(x, mask, tokens_only=True)`` stops after the first decoder stage and returns ``cls`` and the two token
+sets only (the correspondence term's teacher pass over the shifted crops needs no more).
+
 Token order: a token grid (X', Y', Z') is flattened in C order, token ``n = (x' * Y' + y') * Z' + z'``, the
 order ``tensor.flatten`` gives for a (B, X', Y', Z', C) or (B, C, X', Y', Z') map. ``tokens_to_grid`` undoes it,
 so with ``backbone.token_grid[key]`` any token (or attention map over tokens) maps back onto the crop: token

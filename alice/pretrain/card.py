@@ -72,6 +72,13 @@ def write_card(run_dir: str | Path, checkpoint: str | Path, card: str | Path, co
     if loss.get("uniformity_weight", 0) > 0:
         departures.append(f"a uniformity term on the cls embeddings (weight {loss['uniformity_weight']:g}, "
                           "`loss.uniformity_weight`), against the collapse of one-pair-per-step training")
+    if loss.get("correspondence_weight", 0) > 0:
+        correspondence = [m["loss/correspondence"] for m in last if "loss/correspondence" in m]
+        level = (f"; its loss over the last {len(correspondence)} logged intervals is "
+                 f"{sum(correspondence) / len(correspondence):.3f}" if correspondence else "")
+        departures.append(f"a token-level InfoNCE across window placements and across the pair's two patients "
+                          f"(weight {loss['correspondence_weight']:g}, `loss.correspondence_weight`), so that tokens "
+                          f"locate anatomy{level}")
     if loss.get("cafa") and loss.get("target_queries") == "teacher":
         departures.append("CAFA's target branch takes the teacher's unmasked encoder tokens as queries "
                           "(`loss.target_queries=teacher`), so the token loss cannot be met by silencing the attention")

@@ -96,6 +96,10 @@ class LossConfig:
         uniformity_weight: weight of a uniformity term on the student's cls embeddings against a queue of its
             recent ones (``alice.pretrain.losses.UniformityLoss``; not in Alice; 0 = off, the paper).
         uniformity_queue: student cls embeddings in that queue.
+        correspondence_weight: weight of a token-level InfoNCE across window placements and across the two
+            patients of a pair (``alice.pretrain.losses.CorrespondenceLoss``; not in Alice; 0 = off, the paper).
+            On, the teacher also sees a crop of each view's scan shifted by one bottleneck cell along 1-3 axes.
+        correspondence_temp: its temperature.
         cafa: align tokens with CAFA; off = direct same-view CE between student and teacher decoder tokens.
         kv_source: keys/values of the teacher branch: ``teacher_encoder`` (paper) or ``teacher_decoder`` (code).
         target_attn: attention of the teacher branch: ``ema`` copy (paper) or ``shared`` with the student (code).
@@ -116,6 +120,8 @@ class LossConfig:
     centre_momentum: float = 0.9
     uniformity_weight: float = 0.0
     uniformity_queue: int = 256
+    correspondence_weight: float = 0.0
+    correspondence_temp: float = 0.1
     cafa: bool = True
     kv_source: str = "teacher_encoder"
     target_attn: str = "ema"
@@ -205,8 +211,9 @@ PRESETS: dict[str, PretrainConfig] = {
     # About 1 s per step on 2 CPU cores (ALICE_DETAILS.md section 9.2).
     "cpu-tiny": PretrainConfig(
         model=MODEL_PRESETS["cpu-tiny"],
-        # One pair per step: a uniformity term against the cls collapse (not in Alice; it does not prevent it, README).
-        loss=LossConfig(teacher_temp_warmup_steps=300, uniformity_weight=1.0),
+        # One pair per step: a uniformity term against the cls collapse (not in Alice; it does not prevent it,
+        # README); the correspondence term makes the tokens locate anatomy (not in Alice, README).
+        loss=LossConfig(teacher_temp_warmup_steps=300, uniformity_weight=1.0, correspondence_weight=1.0),
         optim=OptimConfig(lr=5e-4, min_lr=1e-5, warmup_steps=100, freeze_last_layer_steps=50),
         run=RunConfig(steps=2000, checkpoint_every=50, log_every=5)),
 }
@@ -305,6 +312,9 @@ def validate(config: PretrainConfig) -> None:
           f"loss.teacher_temp_warmup_steps={loss.teacher_temp_warmup_steps} must not be negative")
     check(0 <= loss.centre_momentum < 1, f"loss.centre_momentum={loss.centre_momentum:g} is not in [0, 1)")
     check(loss.uniformity_weight >= 0, f"loss.uniformity_weight={loss.uniformity_weight:g} must not be negative")
+    check(loss.correspondence_weight >= 0,
+          f"loss.correspondence_weight={loss.correspondence_weight:g} must not be negative")
+    check(loss.correspondence_temp > 0, f"loss.correspondence_temp={loss.correspondence_temp:g} must be positive")
     check(loss.uniformity_queue >= 1, f"loss.uniformity_queue={loss.uniformity_queue} must be at least 1")
     check(loss.kv_source in KV_SOURCES, f"loss.kv_source={loss.kv_source!r} is not one of {list(KV_SOURCES)}")
     check(loss.target_attn in TARGET_ATTNS,

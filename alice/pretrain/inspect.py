@@ -24,7 +24,7 @@ from alice.pretrain.masking import make_masks
 from alice.pretrain.positions import body_crops, token_statistics
 from alice.pretrain.ssl_model import AliceSSL, build_ssl_model
 from alice.pretrain.train import load_checkpoint
-from alice.pretrain.views import PairBatch, crop_window
+from alice.pretrain.views import PairBatch, crop_window, shifted_crops
 
 log = logging.getLogger(__name__)
 
@@ -96,16 +96,19 @@ def load_model(checkpoint: str | Path | None = None, preset: str = "cpu-tiny",
     return model, config, step
 
 
-def pair_batch(pair: ViewPair, query_image: Volume, key_image: Volume, config: PretrainConfig,
-               seed: int = 0) -> PairBatch:
-    """One pair as the training loop would see it: crops around the pair's points and seeded student masks."""
+def pair_batch(pair: ViewPair, query_image: Volume, key_image: Volume, config: PretrainConfig, seed: int = 0,
+               shift_voxels: int = 0) -> PairBatch:
+    """One pair as the training loop would see it: crops around the pair's points, seeded student masks and, with
+    ``shift_voxels`` (``AliceSSL.correspondence_shift()``), the seeded shifted crops of the correspondence term."""
     roi, window = config.model.roi, config.views.hu_window
-    crops = [crop_window(query_image, pair.query_ijk, roi, window), crop_window(key_image, pair.key_ijk, roi, window)]
+    views = [(query_image, pair.query_ijk), (key_image, pair.key_ijk)]
+    query, key = (torch.from_numpy(crop_window(image, ijk, roi, window))[None, None] for image, ijk in views)
     mask = config.mask
-    masks = make_masks(2, roi, mask.cell_voxels, mask.ratio, mask.shape, np.random.default_rng(seed))
+    rng = np.random.default_rng(seed)
+    masks = make_masks(2, roi, mask.cell_voxels, mask.ratio, mask.shape, rng)
     masks = torch.from_numpy(np.ascontiguousarray(masks))
-    query, key = (torch.from_numpy(c)[None, None] for c in crops)
-    return PairBatch(query, key, masks[:1], masks[1:], (pair,))
+    shifted, shifts = shifted_crops(views, shift_voxels, roi, window, rng) if shift_voxels else (None, None)
+    return PairBatch(query, key, masks[:1], masks[1:], (pair,), shifted, shifts)
 
 
 @torch.no_grad()
@@ -126,7 +129,8 @@ def inspect_pair(model: AliceSSL, batch: PairBatch, teacher_temp: float) -> Insp
         recon=out["recon"][:, 0].float().numpy(),
         attention=None if attention is None else attention.float().numpy(),
         token_similarity=similarity.numpy(), similarity_grid=similarity_grid, enc_grid=enc_grid, dec_grid=dec_grid,
-        losses={k: float(out[k]) for k in ("loss", "loss/cls", "loss/patch", "loss/rec", "cls_agreement")})
+        losses={k: float(out[k]) for k in ("loss", "loss/cls", "loss/patch", "loss/rec", "loss/correspondence",
+                                           "cls_agreement")})
 
 
 def token_index(cell: Grid, grid: Grid) -> int:

@@ -5,6 +5,7 @@
 - ``PatchLoss`` (intra-volume): per token, the teacher-branch CAFA output T of a view is the target of the
   student-branch output S of the same view (or, with CAFA off, teacher vs student decoder tokens).
 - ``reconstruction_loss``: MSE between the student's reconstruction and the unmasked crop.
+- ``CorrespondenceLoss`` (not in Alice; on in ``cpu-tiny``): token-level InfoNCE across placements and patients.
 
 Each cross-entropy is a module that owns its centre buffer (cls centre (1, out), patch centre (1, 1, P)). The
 target is ``softmax((teacher - centre) / teacher_temp)``; the prediction ``log_softmax(student / student_temp)``.
@@ -154,6 +155,79 @@ class UniformityLoss(nn.Module):
         new = new[:size]
         self.queue.copy_(torch.cat([new, self.queue[:size - len(new)]]))
         self.queue_filled.fill_(min(size, int(self.queue_filled) + len(new)))
+
+
+def grid_cells(grid: tuple[int, int, int], device: torch.device | None = None) -> torch.Tensor:
+    """(N, 3) cell coordinates of a token grid in token order (C order, ``alice.models.tokens``)."""
+    axes = [torch.arange(g, device=device) for g in grid]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
+
+
+def flat_cells(cells: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+    """Token index of cell coordinates (..., 3) on ``grid``."""
+    return (cells[..., 0] * grid[1] + cells[..., 1]) * grid[2] + cells[..., 2]
+
+
+class CorrespondenceLoss(nn.Module):
+    """Token-level InfoNCE on the backbone tokens that dense embeddings use (not part of Alice).
+
+    Alice's losses never ask a token to say where it is: the cls loss sees the mean token, and the token loss
+    compares each token with the teacher's token at the same place of the same crop. In a model trained with them
+    alone, the tokens of one place in two crops 16 voxels apart were hardly more alike than tokens of other places,
+    and landmark retrieval with them was at chance (README). Two terms ask for what retrieval needs, per token
+    grid (bottleneck and first decoder stage), on unit-normalised tokens, each a softmax over one crop's tokens:
+
+    - placement: every student token of a view whose cell the mask left visible, against the teacher's tokens of
+      the same scan cropped at a centre shifted by whole cells; its positive is the token covering the same voxels.
+      Tokens of one crop must then differ from place to place, and a place must give the same token wherever the
+      window falls. (A masked cell shows the student nothing to place.)
+    - cross-patient: the student token that holds the crop centre of one view against the teacher's tokens of
+      the *other* view of the pair; its positive is that view's centre token. Alice's premise, at the token level:
+      SAM matched the two centres as the same anatomy in two patients.
+
+    Args:
+        temperature: InfoNCE temperature.
+    """
+
+    def __init__(self, temperature: float):
+        super().__init__()
+        self.temperature = temperature
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor, teacher_shifted: torch.Tensor,
+                grid: tuple[int, int, int], shift_cells: torch.Tensor,
+                visible: torch.Tensor | None = None) -> torch.Tensor:
+        """The mean of the two terms on one token grid.
+
+        Args:
+            student: (2B, N, C) student tokens of the (masked) views; rows [0, B) query views, [B, 2B) key views.
+            teacher: (2B, N, C) teacher tokens of the same views, unmasked.
+            teacher_shifted: (2B, N, C) teacher tokens of each view's scan cropped at the shifted centre.
+            grid: the (X, Y, Z) token grid, N = X * Y * Z.
+            shift_cells: (2B, 3) integer shift of each shifted crop's centre, in cells of ``grid``.
+            visible: (2B, N) bool, the student tokens whose cells are mostly unmasked; None = all.
+        """
+        views = student.shape[0]
+        student = F.normalize(student.float(), dim=-1)
+        teacher = F.normalize(teacher.detach().float(), dim=-1)
+        teacher_shifted = F.normalize(teacher_shifted.detach().float(), dim=-1)
+
+        # Placement: cell c of a crop is cell c - shift of the crop whose centre moved by shift.
+        cells = grid_cells(grid, student.device)
+        shifted_cells = cells[None] - shift_cells[:, None].to(cells.device)
+        inside = ((shifted_cells >= 0) & (shifted_cells < torch.tensor(grid, device=cells.device))).all(dim=-1)
+        if visible is not None:
+            inside &= visible
+        logits = student @ teacher_shifted.transpose(1, 2) / self.temperature
+        # A masked crop can leave no visible token inside the shifted crop: the term is then 0 for this batch.
+        placement = (F.cross_entropy(logits[inside], flat_cells(shifted_cells, grid)[inside]) if inside.any()
+                     else logits.sum() * 0.0)
+
+        # Cross-patient: the crop centres (voxel roi // 2) of the two views of a pair are the matched anatomy.
+        centre = int(flat_cells(torch.tensor([g // 2 for g in grid]), grid))
+        partner = torch.arange(views, device=student.device).roll(views // 2)
+        centre_logits = (student[:, centre, None] @ teacher[partner].transpose(1, 2))[:, 0] / self.temperature
+        target = torch.full((views,), centre, device=student.device)
+        return 0.5 * (placement + F.cross_entropy(centre_logits, target))
 
 
 def reconstruction_loss(reconstruction: torch.Tensor, target: torch.Tensor,

@@ -10,17 +10,19 @@ Branch S of CAFA: queries = the student's encoder tokens (of the masked view), k
 decoder tokens, through the student's block. Branch T (the target, no gradient): queries = the teacher's encoder
 tokens (default) or the student's (official code), keys/values = the teacher's encoder tokens (paper) or decoder
 tokens (official code), through the EMA block (paper) or the student's block (official code). With CAFA off, the
-token loss compares the student's and the teacher's decoder tokens directly.
+token loss compares the student's and the teacher's decoder tokens directly. With the correspondence term (not in
+Alice), the teacher's backbone also embeds the shifted crops of the batch.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from alice.models.build import build_backbone, build_cafa, build_head
 from alice.pretrain.config import PretrainConfig
-from alice.pretrain.losses import ClsLoss, PatchLoss, UniformityLoss, reconstruction_loss
+from alice.pretrain.losses import ClsLoss, CorrespondenceLoss, PatchLoss, UniformityLoss, reconstruction_loss
 from alice.pretrain.views import PairBatch
 
 
@@ -78,18 +80,23 @@ class AliceSSL(nn.Module):
         target_queries: ``teacher`` or ``student``: whose encoder tokens are the queries of branch T.
         uniformity: the uniformity term on the cls embeddings, or None (the paper).
         uniformity_weight: its weight.
+        correspondence: the token-level correspondence loss, or None (the paper).
+        correspondence_weight: its weight.
     """
 
     def __init__(self, student: Student, teacher: Teacher, cls_loss: ClsLoss, patch_loss: PatchLoss,
                  cls_weight: float, patch_weight: float, rec_weight: float, rec_masked_only: bool, kv_source: str,
-                 target_queries: str, uniformity: UniformityLoss | None = None, uniformity_weight: float = 0.0):
+                 target_queries: str, uniformity: UniformityLoss | None = None, uniformity_weight: float = 0.0,
+                 correspondence: CorrespondenceLoss | None = None, correspondence_weight: float = 0.0):
         super().__init__()
         self.student = student
         self.teacher = teacher
         self.cls_loss = cls_loss
         self.patch_loss = patch_loss
         self.uniformity = uniformity  # registered only when used, so other checkpoints keep their keys
-        self.weights = {"cls": cls_weight, "patch": patch_weight, "rec": rec_weight, "uniformity": uniformity_weight}
+        self.correspondence = correspondence
+        self.weights = {"cls": cls_weight, "patch": patch_weight, "rec": rec_weight, "uniformity": uniformity_weight,
+                        "correspondence": correspondence_weight}
         self.rec_masked_only = rec_masked_only
         self.kv_source = kv_source
         self.target_queries = target_queries
@@ -108,12 +115,13 @@ class AliceSSL(nn.Module):
         """The losses of one batch of pairs, and what the app shows of it.
 
         Args:
-            batch: B pairs, crops and masks.
+            batch: B pairs, crops and masks (and shifted crops when the correspondence term is on).
             teacher_temp: the teacher softmax temperature of this step.
             student: the student to run (its DDP wrapper when distributed); default ``self.student``.
 
         Returns:
-            ``loss`` (with gradient), ``loss/cls``, ``loss/patch``, ``loss/rec``, ``loss/uniformity`` (0 when off);
+            ``loss`` (with gradient), ``loss/cls``, ``loss/patch``, ``loss/rec``, ``loss/uniformity`` and
+            ``loss/correspondence`` (0 when off);
             ``cls_agreement`` (fraction of cross-view pairs whose student cls argmax is the argmax of the
             centred teacher scores of the other view, the cls target's);
             ``cls_logit_range`` (the teacher's highest minus lowest cls prototype score, mean over crops: near 0
@@ -147,14 +155,18 @@ class AliceSSL(nn.Module):
         loss_rec = reconstruction_loss(out["recon"], images, masks if self.rec_masked_only else None)
         loss_uniformity = (self.uniformity(out["cls_embedding"]) if self.uniformity is not None
                            else loss_rec.new_zeros(()))
+        loss_correspondence = (self._correspondence_loss(batch, masks, out, teacher_out)
+                               if self.correspondence is not None else loss_rec.new_zeros(()))
         loss = (self.weights["cls"] * loss_cls + self.weights["patch"] * loss_patch
-                + self.weights["rec"] * loss_rec + self.weights["uniformity"] * loss_uniformity)
+                + self.weights["rec"] * loss_rec + self.weights["uniformity"] * loss_uniformity
+                + self.weights["correspondence"] * loss_correspondence)
 
         with torch.no_grad():
             agreement = self.cls_loss.agreement(s_cls, t_cls)
             logit_range = (t_cls.max(dim=-1).values - t_cls.min(dim=-1).values).float().mean()
         result = {"loss": loss, "loss/cls": loss_cls.detach(), "loss/patch": loss_patch.detach(),
                   "loss/rec": loss_rec.detach(), "loss/uniformity": loss_uniformity.detach(),
+                  "loss/correspondence": loss_correspondence.detach(),
                   "cls_agreement": agreement, "cls_logit_range": logit_range,
                   "student_cls_embedding": out["cls_embedding"].detach(), "masks": masks,
                   "recon": out["recon"].detach(), "teacher_cls": t_cls.detach(),
@@ -162,6 +174,30 @@ class AliceSSL(nn.Module):
         if "cafa_attn" in out:
             result["cafa_attn"] = out["cafa_attn"].detach()
         return result
+
+    def correspondence_shift(self) -> int:
+        """Shift of the correspondence term's crops in voxels: one bottleneck cell, so the cells of every token grid
+        line up across the shift; 0 when the term is off."""
+        if self.correspondence is None:
+            return 0
+        backbone = self.student.backbone
+        return min(r // g for r, g in zip(backbone.roi, backbone.token_grid["enc_tokens"]))
+
+    def _correspondence_loss(self, batch: PairBatch, masks: torch.Tensor, student_out: dict,
+                             teacher_out: dict) -> torch.Tensor:
+        """The correspondence term, averaged over the bottleneck and first-decoder token grids."""
+        if batch.shifted is None or batch.shifts is None:
+            raise ValueError("the correspondence loss needs shifted crops: build the PairSampler with shift_voxels")
+        with torch.no_grad():
+            shifted_out = self.teacher.backbone(batch.shifted, None, tokens_only=True)
+        backbone = self.student.backbone
+        terms = []
+        for key, grid in backbone.token_grid.items():
+            cell = torch.tensor([r // g for r, g in zip(backbone.roi, grid)], device=batch.shifts.device)
+            masked_share = F.avg_pool3d(masks.float(), tuple(int(c) for c in cell)).flatten(1)  # per token cell
+            terms.append(self.correspondence(student_out[key], teacher_out[key], shifted_out[key], tuple(grid),
+                                             torch.div(batch.shifts, cell, rounding_mode="floor"), masked_share < 0.5))
+        return torch.stack(terms).mean()
 
     @torch.no_grad()
     def update_centres(self, losses: dict[str, torch.Tensor]) -> None:
@@ -195,5 +231,7 @@ def build_ssl_model(config: PretrainConfig) -> AliceSSL:
     patch_loss = PatchLoss(model.head_patch_out_dim, loss.student_temp, loss.centre_momentum)
     uniformity = (UniformityLoss(model.head_bottleneck_dim, loss.uniformity_queue) if loss.uniformity_weight > 0
                   else None)
+    correspondence = CorrespondenceLoss(loss.correspondence_temp) if loss.correspondence_weight > 0 else None
     return AliceSSL(student, teacher, cls_loss, patch_loss, loss.cls_weight, loss.patch_weight, loss.rec_weight,
-                    loss.rec_masked_only, loss.kv_source, loss.target_queries, uniformity, loss.uniformity_weight)
+                    loss.rec_masked_only, loss.kv_source, loss.target_queries, uniformity, loss.uniformity_weight,
+                    correspondence, loss.correspondence_weight)

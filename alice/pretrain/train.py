@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 CHECKPOINT_KIND = "alice"
 FORMAT_VERSION = 6  # 2: parity-free decoder upsampling; 3: CAFA input norms; 4: decoder skips, unit CAFA tokens;
 # 5: edge-replicating convs; 6: instance norm in the convs
-METRIC_KEYS = ("loss", "loss/cls", "loss/patch", "loss/rec", "loss/uniformity", "cls_agreement", "cls_logit_range")
+METRIC_KEYS = ("loss", "loss/cls", "loss/patch", "loss/rec", "loss/uniformity", "loss/correspondence", "cls_agreement",
+               "cls_logit_range")
 TOKEN_CROPS = 8  # body crops on which each checkpoint's token statistics are measured
 
 
@@ -201,7 +202,7 @@ def _loop(config: PretrainConfig, out_dir: Path, payload: dict | None, process: 
     optimizer = torch.optim.AdamW(parameter_groups(model.student), lr=0.0)
     sampler = PairSampler(cases, views.mode, config.model.roi, views.hu_window, views.threshold, views.max_tries,
                           views.margin_voxels, mask.cell_voxels, mask.ratio, mask.shape, optim.batch_pairs,
-                          run.seed, process.rank, process.world_size)
+                          run.seed, process.rank, process.world_size, model.correspondence_shift())
     schedules = build_schedules(run.steps, optim.lr, optim.min_lr, optim.warmup_steps,
                                 (optim.weight_decay_start, optim.weight_decay_end),
                                 (optim.momentum_start, optim.momentum_end),
@@ -362,10 +363,10 @@ def _log_metrics(out_dir: Path, tensorboard, model: AliceSSL, step: int, total: 
     tensorboard.flush()
     eta = mean["seconds_per_step"] * (total - step)
     runs.write_status(out_dir, "running", step, total, f"step {step}/{total}, loss {record['loss']:.4f}", eta)
-    log.info("step %d/%d loss %.4f (cls %.4f, patch %.4f, rec %.4f, uniformity %.4f) agreement %.2f cls logit "
-             "range %.3f lr %.2e %.2f s/step", step, total, record["loss"], record["loss/cls"], record["loss/patch"],
-             record["loss/rec"], record["loss/uniformity"], record["cls_agreement"], record["cls_logit_range"],
-             record["lr"], record["seconds_per_step"])
+    log.info("step %d/%d loss %.4f (cls %.4f, patch %.4f, rec %.4f, uniformity %.4f, correspondence %.4f) "
+             "agreement %.2f cls logit range %.3f lr %.2e %.2f s/step", step, total, record["loss"], record["loss/cls"],
+             record["loss/patch"], record["loss/rec"], record["loss/uniformity"], record["loss/correspondence"],
+             record["cls_agreement"], record["cls_logit_range"], record["lr"], record["seconds_per_step"])
 
 
 def _rng_state(sampler: PairSampler) -> dict:

@@ -6,6 +6,8 @@ Alice's SAM-matched cross-patient views; ``random_cross`` and ``same_volume``: t
 ``roi``^3 voxels centred on those points and its own masks. Crops are windowed to [0, 1] first and padded with 0
 outside the volume, so padding reads as the bottom of the HU window. Every random choice comes from the sampler's
 generator, seeded with (seed, rank); its state goes into checkpoints so a resumed run draws the same pairs.
+With ``shift_voxels`` set, each view also gets a second crop of its scan whose centre is moved by that many voxels
+along one to three axes (the teacher's input of ``alice.pretrain.losses.CorrespondenceLoss``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ class PairBatch:
         query_mask: (B, 1, R, R, R) bool, True where the student's query input is zeroed.
         key_mask: (B, 1, R, R, R) bool, the same for the key crops.
         pairs: the mined pairs, one per row.
+        shifted: (2B, 1, R, R, R) crops of the query views' scans (rows [0, B)) and the key views' (rows [B, 2B))
+            at shifted centres, or None when the sampler makes none.
+        shifts: (2B, 3) int64 shift of each of those centres in voxels, or None.
     """
 
     query: torch.Tensor
@@ -42,11 +47,15 @@ class PairBatch:
     query_mask: torch.Tensor
     key_mask: torch.Tensor
     pairs: tuple[ViewPair, ...]
+    shifted: torch.Tensor | None = None
+    shifts: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> PairBatch:
         """The same batch with its tensors on ``device``."""
+        shifted = None if self.shifted is None else self.shifted.to(device)
+        shifts = None if self.shifts is None else self.shifts.to(device)
         return PairBatch(self.query.to(device), self.key.to(device), self.query_mask.to(device),
-                         self.key_mask.to(device), self.pairs)
+                         self.key_mask.to(device), self.pairs, shifted, shifts)
 
 
 def window_hu(hu: np.ndarray, hu_window: tuple[float, float]) -> np.ndarray:
@@ -67,6 +76,20 @@ def crop_window(image: Volume, centre_ijk, roi_voxels: int, hu_window: tuple[flo
     target = tuple(slice(a - s, b - s) for a, b, s in zip(low, high, start))
     out[target] = window_hu(image.array[source], hu_window)
     return out
+
+
+def shifted_crops(views: list[tuple[Volume, tuple[int, int, int]]], shift_voxels: int, roi_voxels: int,
+                  hu_window: tuple[float, float], rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each (image, crop centre): the crop whose centre moved by -1, 0 or +1 times ``shift_voxels`` per axis
+    (never 0 on every axis), as (V, 1, R, R, R) float32, and the (V, 3) int64 shifts in voxels."""
+    steps = np.zeros((len(views), 3), dtype=np.int64)
+    for row in steps:
+        while not row.any():
+            row[:] = rng.integers(-1, 2, size=3)
+    shifts = steps * shift_voxels
+    crops = [crop_window(image, np.asarray(ijk) + shift, roi_voxels, hu_window)
+             for (image, ijk), shift in zip(views, shifts)]
+    return torch.from_numpy(np.stack(crops))[:, None], torch.from_numpy(shifts)
 
 
 def check_enough_cases(count: int, mode: str, source: str | Path | None) -> None:
@@ -120,11 +143,13 @@ class PairSampler:
         seed: the run's seed.
         rank: this process's rank; ranks draw different query cases and points.
         world_size: number of ranks.
+        shift_voxels: step of the shifted crops' centres (a multiple of the coarsest token cell); 0 = none.
     """
 
     def __init__(self, cases: list[MiningCase], mode: str, roi_voxels: int, hu_window: tuple[float, float],
                  threshold: float, max_tries: int, margin_voxels: int, mask_cell_voxels: int, mask_ratio: float,
-                 mask_shape: str, batch_pairs: int, seed: int, rank: int = 0, world_size: int = 1):
+                 mask_shape: str, batch_pairs: int, seed: int, rank: int = 0, world_size: int = 1,
+                 shift_voxels: int = 0):
         check_enough_cases(len(cases), mode, None)
         self.cases = cases
         self.mode = mode
@@ -140,6 +165,7 @@ class PairSampler:
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        self.shift_voxels = shift_voxels
         self.rng = np.random.default_rng([seed, rank])
         self.epoch = 0
         self.queue: list[int] = []
@@ -158,8 +184,13 @@ class PairSampler:
         masks = make_masks(2 * self.batch_pairs, self.roi_voxels, self.mask_cell_voxels, self.mask_ratio,
                            self.mask_shape, self.rng)
         masks = torch.from_numpy(np.ascontiguousarray(masks))
+        shifted = shifts = None
+        if self.shift_voxels:
+            views = ([(by_id[p.query_case].image, p.query_ijk) for p in pairs]
+                     + [(by_id[p.key_case].image, p.key_ijk) for p in pairs])
+            shifted, shifts = shifted_crops(views, self.shift_voxels, self.roi_voxels, self.hu_window, self.rng)
         return PairBatch(torch.from_numpy(np.stack(queries))[:, None], torch.from_numpy(np.stack(keys))[:, None],
-                         masks[:self.batch_pairs], masks[self.batch_pairs:], tuple(pairs))
+                         masks[:self.batch_pairs], masks[self.batch_pairs:], tuple(pairs), shifted, shifts)
 
     def _next_query_index(self) -> int:
         if not self.queue:

@@ -103,7 +103,8 @@ def run_inspection(model_bundle: tuple, checkpoint: Path | None, cohort: Cohort,
 def _inspection(_bundle: tuple, _query: CaseRecord, _key: CaseRecord, token: tuple | None, pair: ViewPair,
                 seed: int) -> inspect.Inspection:
     model, config, _ = _bundle
-    batch = inspect.pair_batch(pair, anatomy.case_image(_query), anatomy.case_image(_key), config, seed)
+    batch = inspect.pair_batch(pair, anatomy.case_image(_query), anatomy.case_image(_key), config, seed,
+                               model.correspondence_shift())
     return inspect.inspect_pair(model, batch, config.loss.teacher_temp)
 
 

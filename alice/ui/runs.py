@@ -8,7 +8,7 @@ Segmentation page its own panel (``alice.ui.segmentation``).
 
 Session-state keys of a panel with prefix ``p`` (all widgets): ``p.follow`` (the followed run's name; Start sets
 it), ``p.stop``, ``p.compare``. The pretraining start form adds ``pretrain.preset``, ``pretrain.mode``,
-``pretrain.steps``, ``pretrain.cafa``, ``pretrain.rec``, ``pretrain.start``.
+``pretrain.steps``, ``pretrain.cafa``, ``pretrain.rec``, ``pretrain.correspondence``, ``pretrain.start``.
 """
 
 from __future__ import annotations
@@ -25,26 +25,29 @@ from plotly.subplots import make_subplots
 
 from alice import runs
 from alice.errors import InputError
-from alice.pretrain.config import load_config
+from alice.pretrain.config import PRESETS, load_config
 from alice.pretrain.positions import MEASURES
 
 log = logging.getLogger(__name__)
 
 KIND = "alice"
 FOLLOWED = "pretrain.follow"
-LOSS_TERMS = ("loss", "loss/cls", "loss/patch", "loss/rec", "cls_agreement", "cls_logit_range",
+LOSS_TERMS = ("loss", "loss/cls", "loss/patch", "loss/rec", "loss/correspondence", "cls_agreement", "cls_logit_range",
               "crop_variance/student", "position_share/student")
 SCHEDULE_TERMS = ("lr", "wd", "momentum", "teacher_temp")
 POLL_SECONDS = 2
 
 
-def ablation_overrides(mode: str, cafa: bool, reconstruction: bool) -> list[str]:
-    """``--set`` values for the app's ablation switches (see ALICE_METHOD.md section 3)."""
+def ablation_overrides(mode: str, cafa: bool, reconstruction: bool, correspondence: bool | None = None) -> list[str]:
+    """``--set`` values for the app's ablation switches (see ALICE_METHOD.md section 3); ``correspondence`` turns
+    the token correspondence term (not in Alice) on or off, None keeps the preset's."""
     found = [f"views.mode={mode}"]
     if not cafa:
         found.append("loss.cafa=false")
     if not reconstruction:
         found.append("loss.rec_weight=0")
+    if correspondence is not None:
+        found.append(f"loss.correspondence_weight={1 if correspondence else 0}")
     return found
 
 
@@ -96,7 +99,9 @@ def runs_table(listed: list[dict]) -> pd.DataFrame:
         loss, model = config.get("loss", {}), config.get("model", {})
         rows.append({**row, **{term: last.get(term) for term in LOSS_TERMS},
                      "views.mode": config.get("views", {}).get("mode"), "loss.cafa": loss.get("cafa"),
-                     "loss.rec_weight": loss.get("rec_weight"), "model.roi": model.get("roi"),
+                     "loss.rec_weight": loss.get("rec_weight"),
+                     "loss.correspondence_weight": loss.get("correspondence_weight", 0.0),
+                     "model.roi": model.get("roi"),
                      "optim.lr": config.get("optim", {}).get("lr")})
     return pd.DataFrame(rows)
 
@@ -159,14 +164,19 @@ def show_start_form(state: MutableMapping, presets: list[str], modes: tuple[str,
     mode = mode_column.selectbox("View mining", modes, index=0 if sam_ready else 1, key="pretrain.mode",
                                  help="sam = Alice (needs a SAM checkpoint); the others are the ablations.")
     steps = steps_column.number_input("Steps", 1, 1_000_000, 200, key="pretrain.steps")
-    cafa_column, rec_column, start_column = st.columns(3)
+    cafa_column, rec_column, correspondence_column, start_column = st.columns(4)
     cafa = cafa_column.toggle("CAFA", True, key="pretrain.cafa",
                               help="Off: the token loss compares student and teacher decoder tokens directly.")
     reconstruction = rec_column.toggle("Reconstruction loss", True, key="pretrain.rec",
                                        help="Off: loss.rec_weight=0.")
+    correspondence = correspondence_column.toggle(
+        "Correspondence term", PRESETS[preset].loss.correspondence_weight > 0, key="pretrain.correspondence",
+        help="Not in Alice: token-level InfoNCE across window placements and the pair's two patients "
+             "(loss.correspondence_weight 1 or 0; README).")
     if start_column.button("Start", type="primary", key="pretrain.start"):
         try:
-            run_dir = start_run(state, preset, int(steps), ablation_overrides(mode, cafa, reconstruction))
+            run_dir = start_run(state, preset, int(steps),
+                                ablation_overrides(mode, cafa, reconstruction, correspondence))
         except (InputError, OSError) as exc:
             st.error(f"Cannot start: {exc}")
         else:

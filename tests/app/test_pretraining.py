@@ -99,6 +99,8 @@ def test_a_start_that_fails_shows_an_error(monkeypatch):
 def test_ablation_switches_become_config_overrides_and_bad_ones_are_refused():
     assert run_panels.ablation_overrides("same_volume", False, False) == [
         "views.mode=same_volume", "loss.cafa=false", "loss.rec_weight=0"]
+    assert run_panels.ablation_overrides("sam", True, True, correspondence=False) == [
+        "views.mode=sam", "loss.correspondence_weight=0"]
     argv = run_panels.pretrain_argv("cpu-tiny", 3, ["loss.cafa=false"])
     assert argv == ["pretrain", "--preset", "cpu-tiny", "--steps", "3", "--set", "loss.cafa=false"]
     with pytest.raises(InputError, match="loss.cafa"):
@@ -110,9 +112,12 @@ def test_start_launches_a_background_job_that_the_page_follows(sample_cohort_ava
     at = open_pretraining()
     at.selectbox(key="pretrain.mode").select("random_cross")
     at.number_input(key="pretrain.steps").set_value(2)
+    assert at.toggle(key="pretrain.correspondence").value  # the cpu-tiny preset's
+    at.toggle(key="pretrain.correspondence").set_value(False)
     at.button(key="pretrain.start").click().run()
     assert not at.error, [e.value for e in at.error]
     (listed,) = runs.list_runs("alice")
+    assert runs.read_config(listed["path"])["loss"]["correspondence_weight"] == 0
     assert at.selectbox(key="pretrain.follow").value == listed["name"]
     wait_until_done(listed["path"])
     at.run()

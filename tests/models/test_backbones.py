@@ -35,6 +35,16 @@ def test_outputs_have_the_contract_keys_shapes_and_token_grids(name, roi):
 
 
 @pytest.mark.parametrize("name", BACKBONE_NAMES)
+def test_tokens_only_stops_after_the_tokens_with_the_same_values(name):
+    model = build_backbone(tiny_config(backbone=name)).eval()
+    x = torch.rand(2, 1, 32, 32, 32)
+    full, tokens = model(x), model(x, None, tokens_only=True)
+    assert tuple(tokens) == ("cls", "enc_tokens", "dec_tokens")
+    for key, value in tokens.items():
+        torch.testing.assert_close(value, full[key])
+
+
+@pytest.mark.parametrize("name", BACKBONE_NAMES)
 def test_masked_voxels_do_not_reach_any_output(name):
     model = build_backbone(tiny_config(backbone=name, depths=(1, 1, 1, 1))).eval()
     x = torch.rand(2, 1, 32, 32, 32, requires_grad=True)

@@ -53,6 +53,10 @@ def test_the_card_reports_the_runs_own_figures(finished_run, tmp_path):
     assert "| this checkpoint | 0.00 / 0.99 | 0.01 / 0.90 | 0.20 / 0.50 | 0.30 / 0.25 |" in text
     assert "| untrained | 0.16 / 0.00 | 0.20 / 0.01 | 0.16 / 0.00 | 0.20 / 0.01 |" in text
     assert "Not in Alice: a uniformity term" not in text  # the tiny run trains without it
+    correspondence = sum(m["loss/correspondence"] for m in metrics) / len(metrics)
+    assert ("Not in Alice: a token-level InfoNCE across window placements and across the pair's two patients "
+            f"(weight 1, `loss.correspondence_weight`), so that tokens locate anatomy; its loss over the last 4 "
+            f"logged intervals is {correspondence:.3f}.") in text
     uniform = math.log(load_checkpoint(shipped)["config"]["model"]["head_out_dim"])
     assert ("Known weakness" in text) == (cls > 0.98 * uniform)
 

@@ -22,7 +22,8 @@ def inspected(tiny_cohort):
     records = load_manifest(tiny_cohort).split("train")
     cases = [MiningCase(r.case_id, load_volume(r.image)) for r in records[:2]]
     pair = mine_view_pair(cases[0], cases[1:], "random_cross", np.random.default_rng(0))
-    batch = inspect.pair_batch(pair, cases[0].image, cases[1].image, config, seed=1)
+    batch = inspect.pair_batch(pair, cases[0].image, cases[1].image, config, seed=1,
+                               shift_voxels=model.correspondence_shift())
     return inspect.inspect_pair(model, batch, teacher_temp=0.04), config
 
 
@@ -62,7 +63,8 @@ def test_similarity_map_shape_and_range(inspected):
     sim = inspect.similarity_map(found, 0)
     assert sim.shape == (found.roi_voxels,) * 3
     assert (np.abs(sim) <= 1 + 1e-5).all()
-    assert set(found.losses) == {"loss", "loss/cls", "loss/patch", "loss/rec", "cls_agreement"}
+    assert set(found.losses) == {"loss", "loss/cls", "loss/patch", "loss/rec", "loss/correspondence", "cls_agreement"}
+    assert found.losses["loss/correspondence"] > 0
 
 
 def test_token_cells_round_trip_and_bad_arguments_are_refused(inspected):

@@ -1,11 +1,19 @@
-"""DINO cross-entropy with centering and sharpening on hand-made tensors, centre updates, the MSE."""
+"""DINO cross-entropy with centering and sharpening on hand-made tensors, centre updates, the MSE, the token
+correspondence InfoNCE."""
 
 import math
 
 import pytest
 import torch
 
-from alice.pretrain.losses import ClsLoss, PatchLoss, UniformityLoss, reconstruction_loss
+from alice.pretrain.losses import (
+    ClsLoss,
+    CorrespondenceLoss,
+    PatchLoss,
+    UniformityLoss,
+    grid_cells,
+    reconstruction_loss,
+)
 
 
 def test_cross_entropy_golden_value_with_centering_and_sharpening():
@@ -97,3 +105,68 @@ def test_reconstruction_over_all_or_masked_voxels():
     mask[0, 0, 0, 0] = True  # two masked voxels, both wrong
     assert reconstruction_loss(recon, target).item() == pytest.approx(2.0)
     assert reconstruction_loss(recon, target, mask).item() == pytest.approx(4.0)
+
+
+def place_codes(origins: torch.Tensor, grid: tuple[int, int, int], dim: int = 64) -> torch.Tensor:
+    """(V, N, dim) tokens that encode the world cell of every token: crop v's cell c is world cell origin_v + c.
+    Views of a pair share world coordinates (the same anatomy), so the matched centres get the same code."""
+    cells = grid_cells(grid)[None] + origins[:, None]  # (V, N, 3) world cells
+    codes = torch.randn(1000, dim, generator=torch.Generator().manual_seed(0))
+    key = ((cells[..., 0] + 10) * 31 + cells[..., 1] + 10) * 31 + cells[..., 2] + 10
+    return codes[key % 1000]
+
+
+def test_correspondence_is_low_only_when_tokens_name_the_place_they_cover():
+    grid = (3, 3, 3)
+    loss = CorrespondenceLoss(temperature=0.05)
+    origins = torch.zeros(4, 3, dtype=torch.long)
+    shifts = torch.tensor([[1, 0, 0], [0, -1, 1], [-1, -1, -1], [0, 0, 1]])
+    student = place_codes(origins, grid)
+    teacher_shifted = place_codes(origins + shifts, grid)  # the shifted crops start one cell further along
+    matched = loss(student, student, teacher_shifted, grid, shifts).item()
+    assert matched < 0.05
+    # The same tokens with the wrong shifts (the correspondence is off by a cell) or tokens that ignore the place.
+    assert loss(student, student, teacher_shifted, grid, -shifts).item() > 1.0
+    same = torch.ones_like(student)
+    assert loss(same, same, same, grid, shifts).item() == pytest.approx(0.5 * 2 * math.log(27), rel=1e-4)
+
+
+def test_correspondence_pairs_each_centre_with_the_other_views_centre():
+    grid = (3, 3, 3)
+    loss = CorrespondenceLoss(temperature=0.05)
+    shifts = torch.tensor([[1, 0, 0]] * 4)
+    student = place_codes(torch.zeros(4, 3, dtype=torch.long), grid)
+    teacher_shifted = place_codes(shifts, grid)
+    # Query views (rows 0, 1) and key views (rows 2, 3) at the same world cells: the centres agree.
+    aligned = loss(student, student, teacher_shifted, grid, shifts).item()
+    # Key views one cell off: each centre's positive now holds another place, and the loss rises.
+    moved = torch.cat([student[:2], place_codes(torch.tensor([[0, 1, 0]] * 2), grid)])
+    assert loss(student, moved, teacher_shifted, grid, shifts).item() > aligned + 1.0
+
+
+def test_correspondence_sends_gradient_to_the_student_only():
+    grid = (2, 2, 2)
+    student = torch.randn(2, 8, 16, requires_grad=True)
+    teacher = torch.randn(2, 8, 16, requires_grad=True)
+    shifted = torch.randn(2, 8, 16, requires_grad=True)
+    CorrespondenceLoss(0.1)(student, teacher, shifted, grid, torch.tensor([[1, 0, 0], [0, 0, -1]])).backward()
+    assert student.grad is not None and teacher.grad is None and shifted.grad is None
+
+
+def test_correspondence_places_only_the_visible_student_tokens():
+    grid = (3, 3, 3)
+    loss = CorrespondenceLoss(temperature=0.05)
+    origins = torch.zeros(2, 3, dtype=torch.long)
+    shifts = torch.tensor([[1, 0, 0], [0, 0, -1]])
+    student = place_codes(origins, grid)
+    teacher_shifted = place_codes(origins + shifts, grid)
+    visible = torch.zeros(2, 27, dtype=torch.bool)
+    visible[:, :9] = True
+    scrambled = student.clone()
+    scrambled[:, 9:] = torch.randn(2, 18, 64)  # masked cells: the student cannot know what is there
+    scrambled[:, 13] = student[:, 13]  # the centre token still holds its place
+    clean = loss(student, student, teacher_shifted, grid, shifts, visible).item()
+    assert loss(scrambled, student, teacher_shifted, grid, shifts, visible).item() == pytest.approx(clean, abs=1e-6)
+    assert loss(scrambled, student, teacher_shifted, grid, shifts).item() > clean + 1.0
+    nothing = loss(student, student, teacher_shifted, grid, shifts, torch.zeros(2, 27, dtype=torch.bool))
+    assert torch.isfinite(nothing)  # no visible token: only the centre term

@@ -138,3 +138,22 @@ def test_the_token_target_comes_from_the_unmasked_teacher_unless_student_queries
         first = model.compute_losses(batch, teacher_temp=0.01)["teacher_tokens"]
         second = model.compute_losses(other_masks, teacher_temp=0.01)["teacher_tokens"]
     assert torch.equal(first, second) != target_follows_the_mask
+
+
+def test_the_correspondence_term_adds_to_the_loss_and_needs_shifted_crops(batch):
+    assert build().correspondence is None and build().compute_losses(batch, 0.01)["loss/correspondence"] == 0
+    model = build(correspondence_weight=0.5).train()
+    with pytest.raises(ValueError, match="shifted crops"):
+        model.compute_losses(batch, teacher_temp=0.01)
+    cases = [MiningCase(f"case{s}", synthetic_ct(seed=s)) for s in range(2)]
+    shifted = PairSampler(cases, "random_cross", 32, (-125.0, 225.0), 0.7, 4, 4, 8, 0.75, "tube", 2, seed=0,
+                          shift_voxels=16).next_batch()
+    out = model.compute_losses(shifted, teacher_temp=0.01)
+    expected = out["loss/cls"] + out["loss/patch"] + out["loss/rec"] + 0.5 * out["loss/correspondence"]
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    # Untrained tokens are alike everywhere: about ln(tokens per crop), averaged over the two token grids.
+    grid = model.student.backbone.token_grid
+    chance = np.mean([np.log(np.prod(grid[key])) for key in ("enc_tokens", "dec_tokens")])
+    assert 0.5 * chance < out["loss/correspondence"].item() < 1.5 * chance
+    out["loss"].backward()
+    assert all(p.grad is None for p in model.teacher.parameters())

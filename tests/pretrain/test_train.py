@@ -11,9 +11,9 @@ from alice.pretrain.config import PretrainConfig, ViewConfig, save_config
 from alice.pretrain.train import FORMAT_VERSION, load_checkpoint, pretrain
 from tests.pretrain.conftest import tiny_pretrain_config
 
-METRIC_KEYS = {"step", "loss", "loss/cls", "loss/patch", "loss/rec", "loss/uniformity", "cls_agreement",
-               "cls_logit_range", "lr", "wd", "momentum",
-               "teacher_temp", "centre_norm/cls", "centre_norm/patch", "seconds_per_step"}
+METRIC_KEYS = {"step", "loss", "loss/cls", "loss/patch", "loss/rec", "loss/uniformity", "loss/correspondence",
+               "cls_agreement", "cls_logit_range", "lr", "wd", "momentum", "teacher_temp", "centre_norm/cls",
+               "centre_norm/patch", "seconds_per_step"}
 POSITION_KEYS = {"position_share/teacher", "position_share/student", "crop_variance/teacher", "crop_variance/student"}
 
 

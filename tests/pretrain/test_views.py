@@ -16,9 +16,10 @@ from tests.pretrain.conftest import write_cohort
 HU_WINDOW = (-125.0, 225.0)
 
 
-def sampler(cases, mode="random_cross", batch=3, rank=0, world=1, seed=0):
+def sampler(cases, mode="random_cross", batch=3, rank=0, world=1, seed=0, shift=0):
     return PairSampler(cases, mode, 32, HU_WINDOW, threshold=0.3, max_tries=4, margin_voxels=4, mask_cell_voxels=8,
-                       mask_ratio=0.75, mask_shape="tube", batch_pairs=batch, seed=seed, rank=rank, world_size=world)
+                       mask_ratio=0.75, mask_shape="tube", batch_pairs=batch, seed=seed, rank=rank, world_size=world,
+                       shift_voxels=shift)
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,21 @@ def test_a_batch_holds_b_pairs_each_with_its_own_points_crops_and_masks(cases):
     for pair, crop in zip(batch.pairs, batch.query):
         image = next(c for c in cases if c.case_id == pair.query_case).image
         assert crop[0, 16, 16, 16].item() == pytest.approx(window_hu(image.array[pair.query_ijk], HU_WINDOW))
+
+
+def test_shifted_crops_are_each_views_scan_cropped_at_its_centre_moved_by_whole_steps(cases):
+    assert sampler(cases, batch=2).next_batch().shifted is None
+    batch = sampler(cases, batch=3, shift=16).next_batch()
+    assert batch.shifted.shape == (6, 1, 32, 32, 32) and batch.shifts.shape == (6, 3)
+    shifts = batch.shifts.numpy()
+    assert np.all(np.isin(shifts, [-16, 0, 16])) and np.all(np.any(shifts != 0, axis=1))
+    views = [(p.query_case, p.query_ijk) for p in batch.pairs] + [(p.key_case, p.key_ijk) for p in batch.pairs]
+    for (case, ijk), shift, crop in zip(views, shifts, batch.shifted):
+        image = next(c for c in cases if c.case_id == case).image
+        expected = crop_window(image, np.asarray(ijk) + shift, 32, HU_WINDOW)
+        np.testing.assert_array_equal(crop[0].numpy(), expected)
+    moved = batch.to("cpu")
+    assert torch.equal(moved.shifted, batch.shifted) and torch.equal(moved.shifts, batch.shifts)
 
 
 def test_query_cases_cycle_through_the_cohort_and_ranks_take_different_shares(cases):
