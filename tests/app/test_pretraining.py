@@ -117,9 +117,9 @@ def test_start_launches_a_background_job_that_the_page_follows(sample_cohort_ava
     at.button(key="pretrain.start").click().run()
     assert not at.error, [e.value for e in at.error]
     (listed,) = runs.list_runs("alice")
-    assert runs.read_config(listed["path"])["loss"]["correspondence_weight"] == 0
     assert at.selectbox(key="pretrain.follow").value == listed["name"]
     wait_until_done(listed["path"])
+    assert runs.read_config(listed["path"])["loss"]["correspondence_weight"] == 0  # the switch reached the job
     at.run()
     assert at.dataframe[0].value["step"].tolist() == [2]
     assert len(at.get("plotly_chart")) == 3
