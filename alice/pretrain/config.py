@@ -212,7 +212,7 @@ PRESETS: dict[str, PretrainConfig] = {
     "cpu-tiny": PretrainConfig(
         model=MODEL_PRESETS["cpu-tiny"],
         # One pair per step: a uniformity term against the cls collapse (not in Alice; it does not prevent it,
-        # README); the correspondence term makes the tokens locate anatomy (not in Alice, README).
+        # README); the correspondence term asks the tokens to locate anatomy (not in Alice, README).
         loss=LossConfig(teacher_temp_warmup_steps=300, uniformity_weight=1.0, correspondence_weight=1.0),
         optim=OptimConfig(lr=5e-4, min_lr=1e-5, warmup_steps=100, freeze_last_layer_steps=50),
         run=RunConfig(steps=2000, checkpoint_every=50, log_every=5)),
