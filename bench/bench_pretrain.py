@@ -43,32 +43,30 @@ def main() -> None:
     parser.add_argument("--paper-steps", type=int, default=5)
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
-    rows = []
+    tiny_runs = f"median of {args.tiny_steps - WARMUP_STEPS} steps"
     with tempfile.TemporaryDirectory() as tmp:
         import os
 
         os.environ["ALICE_WORKSPACE"] = tmp
         workspace = Path(tmp)
-        for mode in ("random_cross", "sam"):
-            seconds = step_seconds("cpu-tiny", args.tiny_steps, mode, workspace)
-            rows.append((f"`cpu-tiny` (roi 48, feature 24), one pair, {mode} views: median of "
-                         f"{args.tiny_steps - WARMUP_STEPS} steps", f"{seconds:.2f} s"))
+        seconds = {mode: step_seconds("cpu-tiny", args.tiny_steps, mode, workspace) for mode in ("random_cross", "sam")}
         # The correspondence term (not in Alice) adds a teacher pass over two shifted crops.
-        seconds = step_seconds("cpu-tiny", args.tiny_steps, "random_cross", workspace, "loss.correspondence_weight=0")
-        rows.append((f"`cpu-tiny` with Alice's losses only (`loss.correspondence_weight=0`), random_cross views: "
-                     f"median of {args.tiny_steps - WARMUP_STEPS} steps", f"{seconds:.2f} s"))
-        seconds = step_seconds("paper", args.paper_steps, "random_cross", workspace)
-        rows.append((f"`paper` (roi 64, feature 48) on CPU, one pair, random_cross views: median of "
-                     f"{args.paper_steps - WARMUP_STEPS} steps", f"{seconds:.2f} s"))
-    tiny, alice_only = float(rows[0][1].split()[0]), float(rows[2][1].split()[0])
+        alice_only = step_seconds("cpu-tiny", args.tiny_steps, "random_cross", workspace, "loss.correspondence_weight=0")
+        paper = step_seconds("paper", args.paper_steps, "random_cross", workspace)
+    rows = [*((f"`cpu-tiny` (roi 48, feature 24), one pair, {mode} views: {tiny_runs}", value)
+              for mode, value in seconds.items()),
+            (f"`cpu-tiny` with Alice's losses only (`loss.correspondence_weight=0`), random_cross views: {tiny_runs}",
+             alice_only),
+            ((f"`paper` (roi 64, feature 48) on CPU, one pair, random_cross views: median of "
+              f"{args.paper_steps - WARMUP_STEPS} steps"), paper)]
+    tiny = seconds["random_cross"]
     lines = [SECTION, "", f"- Command: `python bench/bench_pretrain.py`", f"- Date: {now()}",
              f"- Machine: {machine()}", "", "| measure | result |", "|---|---|",
-             *(f"| {m} | {r} |" for m, r in rows), "",
+             *(f"| {m} | {r:.2f} s |" for m, r in rows), "",
              f"Goal: `cpu-tiny` step <= {GOAL_CPU_TINY_S:g} s on 2 cores: "
              f"{'met' if tiny <= GOAL_CPU_TINY_S else 'MISSED'} ({tiny:.2f} s; with Alice's losses only "
              f"{alice_only:.2f} s, {'met' if alice_only <= GOAL_CPU_TINY_S else 'MISSED'}). "
-             "The official code's `paper`-size "
-             "model took about 13 s per step on this class of machine (design notes, ALICE_DETAILS §9.2).",
+             "The official code's `paper`-size model took about 13 s per step on this class of machine (design notes, ALICE_DETAILS §9.2).",
              "GPU: no GPU on this machine.", ""]
     text = "\n".join(lines)
     write_section(SECTION, text)

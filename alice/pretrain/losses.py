@@ -159,8 +159,7 @@ class UniformityLoss(nn.Module):
 
 def grid_cells(grid: tuple[int, int, int], device: torch.device | None = None) -> torch.Tensor:
     """(N, 3) cell coordinates of a token grid in token order (C order, ``alice.models.tokens``)."""
-    axes = [torch.arange(g, device=device) for g in grid]
-    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
+    return torch.cartesian_prod(*(torch.arange(g, device=device) for g in grid))
 
 
 def flat_cells(cells: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
