@@ -38,7 +38,7 @@ st.caption(f"Cohort `{cohort.name}`; mining mode " + ("sam (SAM-matched, as Alic
 seed = attention.show_pair_choice(ss)
 try:
     pair = attention.mine_pair(sam, cohort, seed)
-    found = attention.run_inspection(bundle, sources[label], cohort, pair, seed)
+    found = attention.run_inspection(bundle, sources[label], sam, cohort, pair, seed)
 except InputError as exc:
     st.error(str(exc))
     st.stop()

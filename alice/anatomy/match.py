@@ -98,13 +98,13 @@ def match_points(query: CaseEmbedding, key: CaseEmbedding, xyz_mm, return_simila
     if return_similarity:
         similarity = np.full((n, *key.local_map.shape[1:]), np.nan, dtype=np.float32)
     if len(valid):
-        vectors = _vectors_at(query, xyz_mm[valid])
+        vectors = vectors_at(query, xyz_mm[valid])
         index, _, maps = _best_voxels(*vectors, key, return_similarity)
         matched[valid], score[valid] = _refine(*vectors, key, key.local_xyz_mm[index])
         if maps is not None:
             similarity[valid] = maps.reshape(len(valid), *key.local_map.shape[1:])
         if cycle:
-            back_vectors = _vectors_at(key, matched[valid])
+            back_vectors = vectors_at(key, matched[valid])
             back, _, _ = _best_voxels(*back_vectors, query, False)
             back_xyz_mm, _ = _refine(*back_vectors, query, query.local_xyz_mm[back])
             cycle_mm[valid] = np.linalg.norm(back_xyz_mm - xyz_mm[valid], axis=1)
@@ -127,7 +127,7 @@ def _refine(local: torch.Tensor, coarse: torch.Tensor, key: CaseEmbedding,
         for start in range(0, len(xyz_mm), REFINE_CHUNK_POINTS):
             chunk = slice(start, start + REFINE_CHUNK_POINTS)
             candidates = (xyz_mm[chunk, None, :] + offsets[None]).reshape(-1, 3)  # (n * G, 3)
-            key_local, key_global = _vectors_at(key, candidates)
+            key_local, key_global = vectors_at(key, candidates)
             n = len(xyz_mm[chunk])
             similarity = ((key_local.reshape(n, len(offsets), -1) * local[chunk, None]).sum(-1)
                           + (key_global.reshape(n, len(offsets), -1) * coarse[chunk, None]).sum(-1)) / 2
@@ -138,7 +138,7 @@ def _refine(local: torch.Tensor, coarse: torch.Tensor, key: CaseEmbedding,
     return refined, scores
 
 
-def _vectors_at(embedding: CaseEmbedding, xyz_mm: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+def vectors_at(embedding: CaseEmbedding, xyz_mm: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """Local and global unit vectors at world points, (N, D) each: trilinear samples, re-normalised."""
     local = F.normalize(sample_at_mm(embedding.local_tensor, embedding.local_affine, xyz_mm), dim=1)
     coarse = F.normalize(sample_at_mm(embedding.global_tensor, embedding.global_affine, xyz_mm), dim=1)

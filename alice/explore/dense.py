@@ -6,7 +6,9 @@ Sources (``EmbeddingSettings.source``):
   its encoder (bottleneck) or decoder (first decoder stage) tokens, or both joined. The case is resampled to
   ``spacing_mm``, windowed like the training crops, and run through the backbone window by window with MONAI's
   sliding-window inference, which stitches the token maps of overlapping windows into one map at the tokens'
-  stride.
+  stride. The windows step by whole bottleneck cells (``window_step``) and the last ones are not pulled back to
+  the scan's edge, so the token cells of all windows cover the same voxels (a step of 36 voxels, 25% overlap of
+  48-voxel windows, put them 4 voxels apart from window to window).
 - ``sam``: the SAM checkpoint's cached local and upsampled global maps (``local``, ``global``, or ``both``:
   the two unit vectors concatenated and scaled by 1/sqrt(2), so a dot product is SAM's matching score).
 - ``untrained``: the Alice backbone with seeded random weights, the control.
@@ -50,7 +52,7 @@ NETWORKS = ("teacher", "student")
 TOKENS = ("decoder", "encoder", "both")
 TOKEN_KEYS = {"decoder": ("dec_tokens",), "encoder": ("enc_tokens",), "both": ("dec_tokens", "enc_tokens")}
 SAM_PARTS = ("both", "local", "global")
-CACHE_FORMAT = 2  # 2: parity-free decoder upsampling (untrained vectors changed)
+CACHE_FORMAT = 3  # 2: parity-free decoder upsampling (untrained vectors changed); 3: windows on whole token cells
 NORM_TOLERANCE = 1e-2  # float16 storage keeps unit vectors within ~1e-3 of norm 1
 
 
@@ -68,7 +70,8 @@ class EmbeddingSettings:
             a quarter against decoder tokens alone (bench/RESULTS.md).
         sam_part: ``both``, ``local`` or ``global`` (``sam``).
         grid_mm: lattice spacing of the stored vectors.
-        overlap: sliding-window overlap (``alice``, ``untrained``).
+        overlap: sliding-window overlap (``alice``, ``untrained``); the step it gives is rounded down to whole
+            bottleneck cells (``window_step``).
         spacing_mm: voxel size the backbone sees (``alice``, ``untrained``); the sample cohort's is 2 mm.
         preset: pretraining preset of the untrained network.
         seed: seed of the untrained network's weights.
@@ -251,23 +254,37 @@ def _backbone_vectors(image: Volume, settings: EmbeddingSettings, xyz_mm: np.nda
         out = backbone(crops, None)
         return tuple(tokens_to_grid(out[key], tuple(backbone.token_grid[key])) for key in keys)
 
+    roi = config.model.roi
+    step = window_step(roi, min(min(grid) for grid in backbone.token_grid.values()), settings.overlap)
     volume = torch.from_numpy(window_hu(image.array, config.views.hu_window))[None, None]
-    # MONAI stitches the overlapping windows' token maps into one map per token set, at the tokens' stride.
-    feature_maps = sliding_window_inference(volume, (config.model.roi,) * 3, sw_batch_size=4, predictor=token_maps,
-                                            overlap=settings.overlap, mode="gaussian", padding_mode="constant",
-                                            cval=0.0)
+    # Padded at the far ends so that every window, the last ones too, starts a whole number of steps in: the
+    # token cells of all windows then cover the same voxels (zero is air after windowing, as outside any crop).
+    padding = [roi + -(-max(size - roi, 0) // step) * step - size for size in image.shape]
+    volume = F.pad(volume, (0, padding[2], 0, padding[1], 0, padding[0]))
+    # MONAI stitches the overlapping windows' token maps into one map per token set, at the tokens' stride. Its
+    # step is int(roi * (1 - overlap)): half a voxel more than ``step`` survives that rounding.
+    feature_maps = sliding_window_inference(volume, (roi,) * 3, sw_batch_size=4, predictor=token_maps,
+                                            overlap=1 - (step + 0.5) / roi, mode="gaussian",
+                                            padding_mode="constant", cval=0.0)
     if isinstance(feature_maps, torch.Tensor):  # MONAI returns a one-map tuple as the bare map
         feature_maps = (feature_maps,)
     parts = []
     for feature_map in feature_maps:
         feature_map = feature_map[0]
-        stride = np.asarray(image.shape) / np.asarray(feature_map.shape[1:])
+        stride = np.asarray(volume.shape[2:]) / np.asarray(feature_map.shape[1:])
         # Token cell c covers voxels [c * s, (c + 1) * s), so its centre is voxel c * s + (s - 1) / 2.
         affine = image.affine.copy()
         affine[:3, :3] = image.affine[:3, :3] * stride
         affine[:3, 3] = image.ijk_to_xyz((stride - 1) / 2)
         parts.append(sample_at_mm(feature_map.float(), affine, xyz_mm))
     return joined_unit_vectors(parts)
+
+
+def window_step(roi: int, coarsest_grid: int, overlap: float) -> int:
+    """The sliding windows' step in voxels: ``roi * (1 - overlap)`` rounded down to whole cells of the coarsest
+    token grid (at least one), so the token cells of overlapping windows fall on the same voxels."""
+    cell = roi // coarsest_grid
+    return max(cell, int(roi * (1 - overlap)) // cell * cell)
 
 
 def joined_unit_vectors(parts: list[torch.Tensor]) -> np.ndarray:

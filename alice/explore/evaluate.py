@@ -23,9 +23,10 @@ from alice.errors import InputError
 from alice.explore.dense import DenseEmbedding, EmbeddingSettings, cached_dense_embedding, embed_case, load_network
 from alice.explore.retrieval import best_match, query_vector
 
-# Whole token cells of every source at the sample cohort's 2 mm (Alice cpu-tiny: strides 8 and 16 voxels; SAM: 8
-# of its 4 mm voxels, strides 2 and 8), but not a whole step of the sliding window (36 voxels at overlap 0.25).
-RETILE_SHIFT = (16, 16, 16)
+# Out of step with every token grid (Alice cpu-tiny: cells of 8 and 16 voxels at the sample cohort's 2 mm), as the
+# windows of another scan are: windows that step by whole cells (``window_step``) would see a scan cropped by whole
+# cells exactly as before.
+RETILE_SHIFT = (5, 3, 2)
 DEFAULT_SOURCES = {"alice": EmbeddingSettings(source="alice"), "sam": EmbeddingSettings(source="sam"),
                    "untrained": EmbeddingSettings(source="untrained")}
 

@@ -76,9 +76,11 @@ def write_card(run_dir: str | Path, checkpoint: str | Path, card: str | Path, co
         correspondence = [m["loss/correspondence"] for m in last if "loss/correspondence" in m]
         level = (f"; its loss over the last {len(correspondence)} logged intervals is "
                  f"{sum(correspondence) / len(correspondence):.3f}" if correspondence else "")
-        departures.append(f"a token-level InfoNCE across window placements and across the pair's two patients "
-                          f"(weight {loss['correspondence_weight']:g}, `loss.correspondence_weight`), so that tokens "
-                          f"locate anatomy{level}")
+        bank = (f", with the far places of the same scan among {loss['correspondence_bank']} recent teacher tokens "
+                "as negatives (`loss.correspondence_bank`)" if loss.get("correspondence_bank", 0) else "")
+        departures.append(f"a token-level InfoNCE across window placements and across the pair's two patients, at "
+                          f"the crop centres and the tokens SAM pairs (weight {loss['correspondence_weight']:g}, "
+                          f"`loss.correspondence_weight`{bank}), so that tokens locate anatomy{level}")
     if loss.get("cafa") and loss.get("target_queries") == "teacher":
         departures.append("CAFA's target branch takes the teacher's unmasked encoder tokens as queries "
                           "(`loss.target_queries=teacher`), so the token loss cannot be met by silencing the attention")

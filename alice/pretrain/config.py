@@ -98,8 +98,11 @@ class LossConfig:
         uniformity_queue: student cls embeddings in that queue.
         correspondence_weight: weight of a token-level InfoNCE across window placements and across the two
             patients of a pair (``alice.pretrain.losses.CorrespondenceLoss``; not in Alice; 0 = off, the paper).
-            On, the teacher also sees a crop of each view's scan shifted by one bottleneck cell along 1-3 axes.
+            On, the teacher also sees a crop of each view's scan shifted by about one bottleneck cell along 1-3
+            axes (``alice.pretrain.views.shifted_crops``).
         correspondence_temp: its temperature.
+        correspondence_bank: teacher tokens per token grid kept as its global negatives: the far places of the
+            same scan (``alice.pretrain.losses.TokenBank``); 0 = none, each softmax then spans one crop.
         cafa: align tokens with CAFA; off = direct same-view CE between student and teacher decoder tokens.
         kv_source: keys/values of the teacher branch: ``teacher_encoder`` (paper) or ``teacher_decoder`` (code).
         target_attn: attention of the teacher branch: ``ema`` copy (paper) or ``shared`` with the student (code).
@@ -122,6 +125,7 @@ class LossConfig:
     uniformity_queue: int = 256
     correspondence_weight: float = 0.0
     correspondence_temp: float = 0.1
+    correspondence_bank: int = 0
     cafa: bool = True
     kv_source: str = "teacher_encoder"
     target_attn: str = "ema"
@@ -212,8 +216,9 @@ PRESETS: dict[str, PretrainConfig] = {
     "cpu-tiny": PretrainConfig(
         model=MODEL_PRESETS["cpu-tiny"],
         # One pair per step: a uniformity term against the cls collapse (not in Alice; it does not prevent it,
-        # README); the correspondence term asks the tokens to locate anatomy (not in Alice, README).
-        loss=LossConfig(teacher_temp_warmup_steps=300, uniformity_weight=1.0, correspondence_weight=1.0),
+        # README); the correspondence term asks the tokens to locate anatomy across the scan (not in Alice, README).
+        loss=LossConfig(teacher_temp_warmup_steps=300, uniformity_weight=1.0, correspondence_weight=1.0,
+                        correspondence_bank=4096),
         optim=OptimConfig(lr=5e-4, min_lr=1e-5, warmup_steps=100, freeze_last_layer_steps=50),
         run=RunConfig(steps=2000, checkpoint_every=50, log_every=5)),
 }
@@ -315,6 +320,8 @@ def validate(config: PretrainConfig) -> None:
     check(loss.correspondence_weight >= 0,
           f"loss.correspondence_weight={loss.correspondence_weight:g} must not be negative")
     check(loss.correspondence_temp > 0, f"loss.correspondence_temp={loss.correspondence_temp:g} must be positive")
+    check(loss.correspondence_bank >= 0,
+          f"loss.correspondence_bank={loss.correspondence_bank} must not be negative")
     check(loss.uniformity_queue >= 1, f"loss.uniformity_queue={loss.uniformity_queue} must be at least 1")
     check(loss.kv_source in KV_SOURCES, f"loss.kv_source={loss.kv_source!r} is not one of {list(KV_SOURCES)}")
     check(loss.target_attn in TARGET_ATTNS,

@@ -18,13 +18,13 @@ import torch
 
 from alice.data.io import Volume
 from alice.errors import InputError
-from alice.mining.views import ViewPair
+from alice.mining.views import MiningCase, ViewPair
 from alice.pretrain.config import PRESETS, PretrainConfig
 from alice.pretrain.masking import make_masks
 from alice.pretrain.positions import body_crops, token_statistics
 from alice.pretrain.ssl_model import AliceSSL, build_ssl_model
 from alice.pretrain.train import load_checkpoint
-from alice.pretrain.views import PairBatch, crop_window, shifted_crops
+from alice.pretrain.views import PairBatch, batch_partners, crop_window, shifted_crops
 
 log = logging.getLogger(__name__)
 
@@ -96,19 +96,25 @@ def load_model(checkpoint: str | Path | None = None, preset: str = "cpu-tiny",
     return model, config, step
 
 
-def pair_batch(pair: ViewPair, query_image: Volume, key_image: Volume, config: PretrainConfig, seed: int = 0,
-               shift_voxels: int = 0) -> PairBatch:
+def pair_batch(pair: ViewPair, query_case: MiningCase, key_case: MiningCase, config: PretrainConfig, seed: int = 0,
+               shift_voxels: int = 0, token_grids: dict[str, tuple[int, int, int]] | None = None) -> PairBatch:
     """One pair as the training loop would see it: crops around the pair's points, seeded student masks and, with
-    ``shift_voxels`` (``AliceSSL.correspondence_shift()``), the seeded shifted crops of the correspondence term."""
+    ``shift_voxels`` (``AliceSSL.correspondence_shift()``), the seeded shifted crops of the correspondence term;
+    with ``token_grids`` (``AliceSSL.correspondence_grids()``) and both cases' SAM embeddings, the SAM partners of
+    the views' tokens."""
     roi, window = config.model.roi, config.views.hu_window
-    views = [(query_image, pair.query_ijk), (key_image, pair.key_ijk)]
+    views = [(query_case.image, pair.query_ijk), (key_case.image, pair.key_ijk)]
     query, key = (torch.from_numpy(crop_window(image, ijk, roi, window))[None, None] for image, ijk in views)
     mask = config.mask
     rng = np.random.default_rng(seed)
     masks = make_masks(2, roi, mask.cell_voxels, mask.ratio, mask.shape, rng)
     masks = torch.from_numpy(np.ascontiguousarray(masks))
     shifted, shifts = shifted_crops(views, shift_voxels, roi, window, rng) if shift_voxels else (None, None)
-    return PairBatch(query, key, masks[:1], masks[1:], (pair,), shifted, shifts)
+    partners = None
+    if token_grids and query_case.embedding is not None and key_case.embedding is not None:
+        cases = {pair.query_case: query_case, pair.key_case: key_case}
+        partners = batch_partners([pair], cases, roi, token_grids, config.views.threshold)
+    return PairBatch(query, key, masks[:1], masks[1:], (pair,), shifted, shifts, partners)
 
 
 @torch.no_grad()

@@ -5,7 +5,8 @@
 - ``PatchLoss`` (intra-volume): per token, the teacher-branch CAFA output T of a view is the target of the
   student-branch output S of the same view (or, with CAFA off, teacher vs student decoder tokens).
 - ``reconstruction_loss``: MSE between the student's reconstruction and the unmasked crop.
-- ``CorrespondenceLoss`` (not in Alice; on in ``cpu-tiny``): token-level InfoNCE across placements and patients.
+- ``CorrespondenceLoss`` (not in Alice; on in ``cpu-tiny``): token-level InfoNCE across placements and patients,
+  with far places of the same scan from a ``TokenBank`` of recent teacher tokens as global negatives.
 
 Each cross-entropy is a module that owns its centre buffer (cls centre (1, out), patch centre (1, 1, P)). The
 target is ``softmax((teacher - centre) / teacher_temp)``; the prediction ``log_softmax(student / student_temp)``.
@@ -14,7 +15,9 @@ Centres follow ``c = m c + (1 - m) mean(teacher)``, with the mean taken over eve
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import zlib
 
 import torch
 import torch.distributed as dist
@@ -25,6 +28,15 @@ from torch import nn
 def distributed() -> bool:
     """Whether a process group with more than one rank is running."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` of every rank concatenated along dim 0 (rank order) when distributed; else ``tensor``."""
+    if not distributed():
+        return tensor
+    gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, tensor)
+    return torch.cat(gathered)
 
 
 class CenteredCrossEntropy(nn.Module):
@@ -146,11 +158,7 @@ class UniformityLoss(nn.Module):
     @torch.no_grad()
     def update_queue(self, embeddings: torch.Tensor) -> None:
         """Push the student's embeddings of this step (every rank's) in front of the queue."""
-        new = embeddings.detach().float()
-        if distributed():
-            gathered = [torch.empty_like(new) for _ in range(dist.get_world_size())]
-            dist.all_gather(gathered, new)
-            new = torch.cat(gathered)
+        new = gather_rows(embeddings.detach().float())
         size = len(self.queue)
         new = new[:size]
         self.queue.copy_(torch.cat([new, self.queue[:size - len(new)]]))
@@ -162,9 +170,80 @@ def grid_cells(grid: tuple[int, int, int], device: torch.device | None = None) -
     return torch.cartesian_prod(*(torch.arange(g, device=device) for g in grid))
 
 
+def token_voxels(centres: torch.Tensor, roi: int, grid: tuple[int, int, int]) -> torch.Tensor:
+    """(V, N, 3) voxel of each token cell's centre, in its scan, for crops of ``roi`` voxels centred on ``centres``
+    (V, 3) (voxel ``roi // 2`` of the crop): cell c covers voxels ``[c * s, (c + 1) * s)`` of the crop."""
+    cell = torch.tensor([roi // g for g in grid], device=centres.device)
+    return (centres - roi // 2)[:, None] + grid_cells(grid, centres.device) * cell + (cell - 1) / 2
+
+
 def flat_cells(cells: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
     """Token index of cell coordinates (..., 3) on ``grid``."""
     return (cells[..., 0] * grid[1] + cells[..., 1]) * grid[2] + cells[..., 2]
+
+
+@dataclasses.dataclass
+class TokenPlaces:
+    """Where the tokens of a batch's views lie.
+
+    Attributes:
+        case: (V,) int64 id of each view's scan (``case_code``).
+        voxels: (V, N, 3) float voxel of each token's cell centre in its scan.
+    """
+
+    case: torch.Tensor
+    voxels: torch.Tensor
+
+
+def case_code(case_id: str) -> int:
+    """A non-negative integer that stands for a case id in tensors (CRC-32: the same in every process)."""
+    return zlib.crc32(case_id.encode())
+
+
+class TokenBank(nn.Module):
+    """The teacher's tokens of recent crops, each with its scan and the voxel it covers there: the correspondence
+    term's global negatives.
+
+    Within one crop, tokens need only differ over the crop's width; against the bank, a token must also differ from
+    the tokens of every other place of its scan seen lately, so tokens locate anatomy across the whole body. Only
+    entries of the same scan farther than ``radius`` voxels from the token's place are negatives: a token of
+    another patient may hold the same anatomy, the very match that retrieval asks for.
+
+    Args:
+        size: tokens kept (newest first, from every rank).
+        dim: their width.
+        radius: entries of the same scan within this many voxels of the place are not negatives (one token cell).
+    """
+
+    def __init__(self, size: int, dim: int, radius: float):
+        super().__init__()
+        self.radius = radius
+        self.register_buffer("tokens", torch.zeros(size, dim))
+        self.register_buffer("case", torch.full((size,), -1, dtype=torch.long))  # -1: an empty slot
+        self.register_buffer("voxels", torch.zeros(size, 3))
+
+    def logits(self, queries: torch.Tensor, case: torch.Tensor, voxels: torch.Tensor,
+               temperature: float) -> torch.Tensor:
+        """Similarity / temperature of each query with each entry, -inf where the entry is not a negative.
+
+        Args:
+            queries: (..., dim) unit vectors.
+            case: (...) the scan each query's place lies in.
+            voxels: (..., 3) that place.
+        """
+        scores = queries @ self.tokens.T / temperature
+        far = torch.cdist(voxels.reshape(-1, 3).float(), self.voxels).reshape(scores.shape) > self.radius
+        negative = (case[..., None] == self.case) & far
+        return scores.masked_fill(~negative, float("-inf"))
+
+    @torch.no_grad()
+    def push(self, tokens: torch.Tensor, case: torch.Tensor, voxels: torch.Tensor) -> None:
+        """Put (M, dim) tokens (unit-normalised here), their (M,) scans and (M, 3) voxels, every rank's, in front."""
+        size = len(self.tokens)
+        tokens = F.normalize(tokens.float(), dim=-1)
+        new = [gather_rows(t.detach())[:size] for t in (tokens, case.long(), voxels.float())]
+        for buffer, rows in zip((self.tokens, self.case, self.voxels), new):
+            buffer.copy_(torch.cat([rows, buffer[:size - len(rows)]]))
 
 
 class CorrespondenceLoss(nn.Module):
@@ -174,27 +253,32 @@ class CorrespondenceLoss(nn.Module):
     compares each token with the teacher's token at the same place of the same crop. In a model trained with them
     alone, the tokens of one place in two crops 16 voxels apart were hardly more alike than tokens of other places,
     and landmark retrieval with them was at chance (README). Two terms ask for what retrieval needs, per token
-    grid (bottleneck and first decoder stage), on unit-normalised tokens, each a softmax over one crop's tokens:
+    grid (bottleneck and first decoder stage), on unit-normalised tokens, each a softmax over one crop's tokens
+    and, with a ``TokenBank``, the far places of the positive's scan held in the bank:
 
     - placement: every student token of a view whose cell the mask left visible, against the teacher's tokens of
-      the same scan cropped at a centre shifted by whole cells; its positive is the token covering the same voxels.
+      the same scan cropped at a shifted centre; its positive is the token covering most of the same voxels.
       Tokens of one crop must then differ from place to place, and a place must give the same token wherever the
       window falls. (A masked cell shows the student nothing to place.)
     - cross-patient: the student token that holds the crop centre of one view against the teacher's tokens of
       the *other* view of the pair; its positive is that view's centre token. Alice's premise, at the token level:
-      SAM matched the two centres as the same anatomy in two patients.
+      SAM matched the two centres as the same anatomy in two patients. With SAM partners (``sam`` views), every
+      visible token that SAM pairs with a token of the other view takes part the same way.
 
     Args:
         temperature: InfoNCE temperature.
+        banks: a ``TokenBank`` per token grid (``enc_tokens``, ``dec_tokens``), or None: no global negatives.
     """
 
-    def __init__(self, temperature: float):
+    def __init__(self, temperature: float, banks: dict[str, TokenBank] | None = None):
         super().__init__()
         self.temperature = temperature
+        self.banks = nn.ModuleDict(banks or {})
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, teacher_shifted: torch.Tensor,
-                grid: tuple[int, int, int], shift_cells: torch.Tensor,
-                visible: torch.Tensor | None = None) -> torch.Tensor:
+                grid: tuple[int, int, int], shift_cells: torch.Tensor, visible: torch.Tensor | None = None,
+                bank: TokenBank | None = None, places: TokenPlaces | None = None,
+                partners: torch.Tensor | None = None) -> torch.Tensor:
         """The mean of the two terms on one token grid.
 
         Args:
@@ -202,8 +286,13 @@ class CorrespondenceLoss(nn.Module):
             teacher: (2B, N, C) teacher tokens of the same views, unmasked.
             teacher_shifted: (2B, N, C) teacher tokens of each view's scan cropped at the shifted centre.
             grid: the (X, Y, Z) token grid, N = X * Y * Z.
-            shift_cells: (2B, 3) integer shift of each shifted crop's centre, in cells of ``grid``.
+            shift_cells: (2B, 3) shift of each shifted crop's centre in cells of ``grid``, rounded: the positive is
+                the token that covers most of the same voxels.
             visible: (2B, N) bool, the student tokens whose cells are mostly unmasked; None = all.
+            bank: global negatives for this grid's tokens, or None; needs ``places``.
+            places: the scan and voxel of every token of the views.
+            partners: (2B, N) int64 token of the other view that SAM pairs each token with, -1 where none
+                (``alice.pretrain.views.sam_partners``); None: the centres only.
         """
         views = student.shape[0]
         student = F.normalize(student.float(), dim=-1)
@@ -217,16 +306,32 @@ class CorrespondenceLoss(nn.Module):
         if visible is not None:
             inside &= visible
         logits = student @ teacher_shifted.transpose(1, 2) / self.temperature
+        if bank is not None:  # a token's place is also the place of its positive
+            case = places.case[:, None].expand(-1, logits.shape[1])
+            logits = torch.cat([logits, bank.logits(student, case, places.voxels, self.temperature)], dim=-1)
         # A masked crop can leave no visible token inside the shifted crop: the term is then 0 for this batch.
         placement = (F.cross_entropy(logits[inside], flat_cells(shifted_cells, grid)[inside]) if inside.any()
-                     else logits.sum() * 0.0)
+                     else logits[..., 0].sum() * 0.0)
 
-        # Cross-patient: the crop centres (voxel roi // 2) of the two views of a pair are the matched anatomy.
+        # Cross-patient: the crop centres (voxel roi // 2) of the two views of a pair are the matched anatomy, and
+        # so are the tokens SAM pairs across the two views (visible ones: a masked cell shows nothing to match).
         centre = int(flat_cells(torch.tensor([g // 2 for g in grid]), grid))
-        partner = torch.arange(views, device=student.device).roll(views // 2)
-        centre_logits = (student[:, centre, None] @ teacher[partner].transpose(1, 2))[:, 0] / self.temperature
-        target = torch.full((views,), centre, device=student.device)
-        return 0.5 * (placement + F.cross_entropy(centre_logits, target))
+        if partners is None:
+            partners = torch.full(student.shape[:2], -1, dtype=torch.long, device=student.device)
+        partners = partners.clone()
+        partners[:, centre] = centre
+        matched = partners >= 0
+        if visible is not None:
+            matched &= visible
+        matched[:, centre] = True
+        other_view = torch.arange(views, device=student.device).roll(views // 2)
+        cross_logits = student @ teacher[other_view].transpose(1, 2) / self.temperature
+        if bank is not None:  # the positive is the partner token, in the other view's scan
+            partner_voxels = places.voxels[other_view].gather(1, partners.clamp_min(0)[..., None].expand(-1, -1, 3))
+            case = places.case[other_view][:, None].expand(-1, cross_logits.shape[1])
+            cross_logits = torch.cat([cross_logits, bank.logits(student, case, partner_voxels, self.temperature)],
+                                     dim=-1)
+        return 0.5 * (placement + F.cross_entropy(cross_logits[matched], partners[matched]))
 
 
 def reconstruction_loss(reconstruction: torch.Tensor, target: torch.Tensor,

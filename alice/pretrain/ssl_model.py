@@ -16,13 +16,16 @@ Alice), the teacher's backbone also embeds the shifted crops of the batch.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from alice.models.build import build_backbone, build_cafa, build_head
 from alice.pretrain.config import PretrainConfig
-from alice.pretrain.losses import ClsLoss, CorrespondenceLoss, PatchLoss, UniformityLoss, reconstruction_loss
+from alice.pretrain.losses import (ClsLoss, CorrespondenceLoss, PatchLoss, TokenBank, TokenPlaces, UniformityLoss,
+                                   case_code, reconstruction_loss, token_voxels)
 from alice.pretrain.views import PairBatch
 
 
@@ -121,7 +124,8 @@ class AliceSSL(nn.Module):
 
         Returns:
             ``loss`` (with gradient), ``loss/cls``, ``loss/patch``, ``loss/rec``, ``loss/uniformity`` and
-            ``loss/correspondence`` (0 when off);
+            ``loss/correspondence`` (0 when off); ``bank_input``, per token grid the (tokens, case, voxels) the
+            correspondence term's banks take in (empty without banks);
             ``cls_agreement`` (fraction of cross-view pairs whose student cls argmax is the argmax of the
             centred teacher scores of the other view, the cls target's);
             ``cls_logit_range`` (the teacher's highest minus lowest cls prototype score, mean over crops: near 0
@@ -155,8 +159,8 @@ class AliceSSL(nn.Module):
         loss_rec = reconstruction_loss(out["recon"], images, masks if self.rec_masked_only else None)
         loss_uniformity = (self.uniformity(out["cls_embedding"]) if self.uniformity is not None
                            else loss_rec.new_zeros(()))
-        loss_correspondence = (self._correspondence_loss(batch, masks, out, teacher_out)
-                               if self.correspondence is not None else loss_rec.new_zeros(()))
+        loss_correspondence, bank_input = (self._correspondence_loss(batch, masks, out, teacher_out)
+                                           if self.correspondence is not None else (loss_rec.new_zeros(()), {}))
         loss = (self.weights["cls"] * loss_cls + self.weights["patch"] * loss_patch
                 + self.weights["rec"] * loss_rec + self.weights["uniformity"] * loss_uniformity
                 + self.weights["correspondence"] * loss_correspondence)
@@ -170,43 +174,66 @@ class AliceSSL(nn.Module):
                   "cls_agreement": agreement, "cls_logit_range": logit_range,
                   "student_cls_embedding": out["cls_embedding"].detach(), "masks": masks,
                   "recon": out["recon"].detach(), "teacher_cls": t_cls.detach(),
-                  "teacher_tokens": target_tokens.detach(), "student_tokens": student_tokens.detach()}
+                  "teacher_tokens": target_tokens.detach(), "student_tokens": student_tokens.detach(),
+                  "bank_input": bank_input}
         if "cafa_attn" in out:
             result["cafa_attn"] = out["cafa_attn"].detach()
         return result
 
+    def correspondence_grids(self) -> dict[str, tuple[int, int, int]] | None:
+        """The token grids whose tokens the sampler pairs across views with SAM; None when the term is off."""
+        return None if self.correspondence is None else dict(self.student.backbone.token_grid)
+
     def correspondence_shift(self) -> int:
-        """Shift of the correspondence term's crops in voxels: one bottleneck cell, so the cells of every token grid
-        line up across the shift; 0 when the term is off."""
+        """Step of the correspondence term's crop shifts in voxels, one bottleneck cell (the sampler adds a jitter of
+        up to half of it); 0 when the term is off."""
         if self.correspondence is None:
             return 0
         backbone = self.student.backbone
         return min(r // g for r, g in zip(backbone.roi, backbone.token_grid["enc_tokens"]))
 
     def _correspondence_loss(self, batch: PairBatch, masks: torch.Tensor, student_out: dict,
-                             teacher_out: dict) -> torch.Tensor:
-        """The correspondence term, averaged over the bottleneck and first-decoder token grids."""
+                             teacher_out: dict) -> tuple[torch.Tensor, dict]:
+        """The correspondence term, averaged over the bottleneck and first-decoder token grids, and what each
+        grid's bank takes in afterwards (``update_centres``): per grid, (tokens, case, voxels)."""
         if batch.shifted is None or batch.shifts is None:
             raise ValueError("the correspondence loss needs shifted crops: build the PairSampler with shift_voxels")
         with torch.no_grad():
             shifted_out = self.teacher.backbone(batch.shifted, None, tokens_only=True)
         backbone = self.student.backbone
-        terms = []
+        device = batch.shifts.device
+        centres = torch.tensor([p.query_ijk for p in batch.pairs] + [p.key_ijk for p in batch.pairs], device=device)
+        case = torch.tensor([case_code(p.query_case) for p in batch.pairs]
+                            + [case_code(p.key_case) for p in batch.pairs], device=device)
+        # Every grid puts as many tokens per view in its bank as the bottleneck has: the banks span as many steps.
+        per_view = math.prod(backbone.token_grid["enc_tokens"])
+        terms, bank_input = [], {}
         for key, grid in backbone.token_grid.items():
-            cell = torch.tensor([r // g for r, g in zip(backbone.roi, grid)], device=batch.shifts.device)
+            cell = torch.tensor([r // g for r, g in zip(backbone.roi, grid)], device=device)
             masked_share = F.avg_pool3d(masks.float(), tuple(int(c) for c in cell)).flatten(1)  # per token cell
+            places = TokenPlaces(case, token_voxels(centres, backbone.roi[0], tuple(grid)))  # cubic crops
+            bank = self.correspondence.banks[key] if key in self.correspondence.banks else None
+            partners = batch.partners[key] if batch.partners is not None else None
             terms.append(self.correspondence(student_out[key], teacher_out[key], shifted_out[key], tuple(grid),
-                                             torch.div(batch.shifts, cell, rounding_mode="floor"), masked_share < 0.5))
-        return torch.stack(terms).mean()
+                                             torch.round(batch.shifts / cell).long(),
+                                             masked_share < 0.5, bank, places, partners))
+            if bank is not None:
+                keep = torch.linspace(0, math.prod(grid) - 1, per_view, device=device).long()
+                bank_input[key] = (teacher_out[key][:, keep].flatten(0, 1),
+                                   case.repeat_interleave(per_view), places.voxels[:, keep].flatten(0, 1))
+        return torch.stack(terms).mean(), bank_input
 
     @torch.no_grad()
     def update_centres(self, losses: dict[str, torch.Tensor]) -> None:
         """Move both centres towards the teacher outputs of ``compute_losses`` (all-reduced when distributed), and
-        push the student's cls embeddings into the uniformity queue."""
+        push the student's cls embeddings into the uniformity queue and the teacher's tokens into the correspondence
+        term's banks."""
         self.cls_loss.update_centre(losses["teacher_cls"])
         self.patch_loss.update_centre(losses["teacher_tokens"])
         if self.uniformity is not None:
             self.uniformity.update_queue(losses["student_cls_embedding"])
+        for key, (tokens, case, voxels) in losses["bank_input"].items():
+            self.correspondence.banks[key].push(tokens, case, voxels)
 
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
@@ -231,7 +258,13 @@ def build_ssl_model(config: PretrainConfig) -> AliceSSL:
     patch_loss = PatchLoss(model.head_patch_out_dim, loss.student_temp, loss.centre_momentum)
     uniformity = (UniformityLoss(model.head_bottleneck_dim, loss.uniformity_queue) if loss.uniformity_weight > 0
                   else None)
-    correspondence = CorrespondenceLoss(loss.correspondence_temp) if loss.correspondence_weight > 0 else None
+    correspondence = None
+    if loss.correspondence_weight > 0:
+        # One token cell of each grid is the radius within which a bank entry is the token's own place.
+        dims = {"enc_tokens": model.enc_dim, "dec_tokens": model.dec_dim}
+        banks = {key: TokenBank(loss.correspondence_bank, dims[key], model.roi // min(grid))
+                 for key, grid in backbone.token_grid.items()} if loss.correspondence_bank else None
+        correspondence = CorrespondenceLoss(loss.correspondence_temp, banks)
     return AliceSSL(student, teacher, cls_loss, patch_loss, loss.cls_weight, loss.patch_weight, loss.rec_weight,
                     loss.rec_masked_only, loss.kv_source, loss.target_queries, uniformity, loss.uniformity_weight,
                     correspondence, loss.correspondence_weight)

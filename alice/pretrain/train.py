@@ -202,7 +202,8 @@ def _loop(config: PretrainConfig, out_dir: Path, payload: dict | None, process: 
     optimizer = torch.optim.AdamW(parameter_groups(model.student), lr=0.0)
     sampler = PairSampler(cases, views.mode, config.model.roi, views.hu_window, views.threshold, views.max_tries,
                           views.margin_voxels, mask.cell_voxels, mask.ratio, mask.shape, optim.batch_pairs,
-                          run.seed, process.rank, process.world_size, model.correspondence_shift())
+                          run.seed, process.rank, process.world_size, model.correspondence_shift(),
+                          model.correspondence_grids())
     schedules = build_schedules(run.steps, optim.lr, optim.min_lr, optim.warmup_steps,
                                 (optim.weight_decay_start, optim.weight_decay_end),
                                 (optim.momentum_start, optim.momentum_end),

@@ -91,20 +91,23 @@ def _pair(_cases: tuple[CaseRecord, ...], _sam: anatomy.Sam, token: tuple | None
     return mine_view_pairs(mining_cases, 1, mode, seed, DEFAULT_THRESHOLD)[0]
 
 
-def run_inspection(model_bundle: tuple, checkpoint: Path | None, cohort: Cohort, pair: ViewPair,
+def run_inspection(model_bundle: tuple, checkpoint: Path | None, sam: anatomy.Sam, cohort: Cohort, pair: ViewPair,
                    seed: int) -> inspect.Inspection:
-    """The forward pass of ``pair`` (masks drawn with ``seed``), once per model, pair and seed."""
+    """The forward pass of ``pair`` (masks drawn with ``seed``), once per model, pair and seed; with SAM, the
+    correspondence term pairs the views' tokens as in training."""
     records = {r.case_id: r for r in cohort.cases}
-    return _inspection(model_bundle, records[pair.query_case], records[pair.key_case], _checkpoint_token(checkpoint),
-                       pair, seed)
+    return _inspection(model_bundle, records[pair.query_case], records[pair.key_case], sam,
+                       _checkpoint_token(checkpoint), sam.token, pair, seed)
 
 
 @st.cache_data(max_entries=8, show_spinner="Running the pair through the model...")
-def _inspection(_bundle: tuple, _query: CaseRecord, _key: CaseRecord, token: tuple | None, pair: ViewPair,
-                seed: int) -> inspect.Inspection:
+def _inspection(_bundle: tuple, _query: CaseRecord, _key: CaseRecord, _sam: anatomy.Sam, token: tuple | None,
+                sam_token: tuple | None, pair: ViewPair, seed: int) -> inspect.Inspection:
     model, config, _ = _bundle
-    batch = inspect.pair_batch(pair, anatomy.case_image(_query), anatomy.case_image(_key), config, seed,
-                               model.correspondence_shift())
+    query, key = (MiningCase(r.case_id, anatomy.case_image(r), anatomy.case_embedding(_sam, r) if _sam.ready
+                             else None) for r in (_query, _key))
+    batch = inspect.pair_batch(pair, query, key, config, seed, model.correspondence_shift(),
+                               model.correspondence_grids())
     return inspect.inspect_pair(model, batch, config.loss.teacher_temp)
 
 

@@ -10,7 +10,8 @@ from alice.anatomy.cache import body_mask
 from alice.data.cohort import CaseRecord, LoadedCase, load_case
 from alice.errors import InputError
 from alice.explore.dense import (EmbeddingSettings, cache_entry_path, cached_dense_embedding, embed_case, lattice,
-                                 read_entry, shard)
+                                 load_network, read_entry, shard, window_step)
+from alice.explore.evaluate import cropped_case
 from tests.anatomy.conftest import synthetic_ct
 
 
@@ -87,6 +88,25 @@ def test_untrained_backbone_embeds_a_volume_window_by_window():
     # Different places get different vectors: the map is stitched from windows, not one repeated vector.
     similarity = embedding.vectors.astype(np.float32) @ embedding.vectors[0].astype(np.float32)
     assert similarity.min() < 0.99
+
+
+def test_windows_step_by_whole_token_cells_so_a_scan_cropped_by_one_step_keeps_its_vectors():
+    assert [window_step(48, 3, overlap) for overlap in (0.0, 0.25, 0.5, 0.9)] == [48, 32, 16, 16]
+    image = synthetic_ct(shape=(100, 90, 80), spacing_mm=2.0)
+    case = LoadedCase(CaseRecord("synthetic", Path("synthetic.nii.gz")), image, None, {}, None)
+    settings = EmbeddingSettings(source="untrained", grid_mm=8.0).resolved()
+    network = load_network(settings)
+    whole, moved = (embed_case(c, settings, network) for c in (case, cropped_case(case, (32, 32, 32))))
+    # The cropped scan's windows are the whole scan's windows after the first, so each place they cover as the whole
+    # scan's do (past the first window's overlap, 16 voxels, and the token cell interpolated across it) gets the
+    # same vector. With the 36-voxel step of 25% overlap, the windows of the two would fall 4 voxels apart.
+    rows = {tuple(np.rint(xyz).astype(int)): row for row, xyz in enumerate(whole.xyz_mm)}
+    shared = [(rows[key], row) for row, key in enumerate(map(tuple, np.rint(moved.xyz_mm).astype(int)))
+              if key in rows and (moved.ijk[row] >= 32).all()]
+    assert len(shared) > 10
+    same, other = np.array(shared).T
+    np.testing.assert_allclose(moved.vectors[other].astype(np.float32), whole.vectors[same].astype(np.float32),
+                               atol=2e-3)
 
 
 def test_both_token_sets_join_into_vectors_whose_cosine_is_the_mean_of_the_parts():

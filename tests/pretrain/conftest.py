@@ -51,13 +51,13 @@ def tiny_sam(tmp_path_factory):
 
 def tiny_pretrain_config(manifest, steps: int = 4, **sections) -> PretrainConfig:
     """A run of a few seconds: random_cross views (no SAM), roi 32, 8-voxel mask cells, the correspondence term
-    on (as in cpu-tiny)."""
+    on with a bank (as in cpu-tiny)."""
     base = PRESETS["cpu-tiny"]
     config = dataclasses.replace(
         base, model=TINY_MODEL, data=DataConfig(manifest=str(manifest)),
         views=ViewConfig(mode="random_cross", max_tries=4),
         mask=dataclasses.replace(base.mask, cell_voxels=8),
-        loss=LossConfig(teacher_temp_warmup_steps=2, correspondence_weight=1.0),
+        loss=LossConfig(teacher_temp_warmup_steps=2, correspondence_weight=1.0, correspondence_bank=64),
         optim=OptimConfig(lr=1e-3, min_lr=1e-5, warmup_steps=1, freeze_last_layer_steps=1),
         run=RunConfig(steps=steps, checkpoint_every=2, log_every=1))
     return dataclasses.replace(config, **sections)

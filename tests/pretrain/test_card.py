@@ -11,8 +11,8 @@ from alice.pretrain.train import load_checkpoint
 QUALITY = {"source_case": "case0", "key_cases": ["case1"],
            "sources": {"alice": {"source": "alice", "network": "teacher", "tokens": "both"}},
            "methods": {"alice": {"mre_mm": 12.345, "median_mm": 10.0, "max_mm": 30.0, "within_10mm": 0.5, "n": 4}},
-           "retiling": {"alice": {"shift_voxels": [16, 16, 16], "mre_mm": 80.04, "median_mm": 70.0, "n": 3},
-                        "sam": {"shift_voxels": [16, 16, 16], "mre_mm": 2.5, "median_mm": 2.0, "n": 3}}}
+           "retiling": {"alice": {"shift_voxels": [5, 3, 2], "mre_mm": 80.04, "median_mm": 70.0, "n": 3},
+                        "sam": {"shift_voxels": [5, 3, 2], "mre_mm": 2.5, "median_mm": 2.0, "n": 3}}}
 
 
 def _statistics(*cells):
@@ -49,13 +49,15 @@ def test_the_card_reports_the_runs_own_figures(finished_run, tmp_path):
     assert f"span {logit_range:.3f}" in text
     assert "| alice | 12.35 | 10.00 | 30.00 | 50% | 4 |" in text
     assert "every 6 mm (Alice: teacher backbone, both tokens):" in text
-    assert "cropped by [16, 16, 16] voxels" in text and "mean error in mm: alice 80.0, sam 2.5." in text
+    assert "cropped by [5, 3, 2] voxels" in text and "mean error in mm: alice 80.0, sam 2.5." in text
     assert "| this checkpoint | 0.00 / 0.99 | 0.01 / 0.90 | 0.20 / 0.50 | 0.30 / 0.25 |" in text
     assert "| untrained | 0.16 / 0.00 | 0.20 / 0.01 | 0.16 / 0.00 | 0.20 / 0.01 |" in text
     assert "Not in Alice: a uniformity term" not in text  # the tiny run trains without it
     correspondence = sum(m["loss/correspondence"] for m in metrics) / len(metrics)
-    assert ("Not in Alice: a token-level InfoNCE across window placements and across the pair's two patients "
-            f"(weight 1, `loss.correspondence_weight`), so that tokens locate anatomy; its loss over the last 4 "
+    assert ("Not in Alice: a token-level InfoNCE across window placements and across the pair's two patients, at "
+            "the crop centres and the tokens SAM pairs (weight 1, `loss.correspondence_weight`, with the far places "
+            "of the same scan among 64 recent teacher tokens as negatives (`loss.correspondence_bank`)), so that "
+            "tokens locate anatomy; its loss over the last 4 "
             f"logged intervals is {correspondence:.3f}.") in text
     uniform = math.log(load_checkpoint(shipped)["config"]["model"]["head_out_dim"])
     assert ("Known weakness" in text) == (cls > 0.98 * uniform)

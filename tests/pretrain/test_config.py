@@ -72,8 +72,9 @@ def test_bad_overrides_name_the_key(override, message):
     (["loss.kv_source=teacher", "loss.target_attn=copy"], ["loss.kv_source='teacher'", "loss.target_attn='copy'"]),
     (["loss.target_queries=both"], ["loss.target_queries='both' is not one of ['teacher', 'student']"]),
     (["model.head_patch_out_dim=128"], ["model.head_out_dim=256 must equal model.head_patch_out_dim=128"]),
-    (["loss.correspondence_weight=-1", "loss.correspondence_temp=0"],
-     ["loss.correspondence_weight=-1 must not be negative", "loss.correspondence_temp=0 must be positive"]),
+    (["loss.correspondence_weight=-1", "loss.correspondence_temp=0", "loss.correspondence_bank=-2"],
+     ["loss.correspondence_weight=-1 must not be negative", "loss.correspondence_temp=0 must be positive",
+      "loss.correspondence_bank=-2 must not be negative"]),
 ])
 def test_inconsistent_configs_are_refused_at_start_naming_the_values(overrides, messages):
     with pytest.raises(InputError) as info:

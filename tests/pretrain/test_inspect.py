@@ -22,8 +22,8 @@ def inspected(tiny_cohort):
     records = load_manifest(tiny_cohort).split("train")
     cases = [MiningCase(r.case_id, load_volume(r.image)) for r in records[:2]]
     pair = mine_view_pair(cases[0], cases[1:], "random_cross", np.random.default_rng(0))
-    batch = inspect.pair_batch(pair, cases[0].image, cases[1].image, config, seed=1,
-                               shift_voxels=model.correspondence_shift())
+    batch = inspect.pair_batch(pair, cases[0], cases[1], config, seed=1, shift_voxels=model.correspondence_shift(),
+                               token_grids=model.correspondence_grids())
     return inspect.inspect_pair(model, batch, teacher_temp=0.04), config
 
 

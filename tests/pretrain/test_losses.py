@@ -1,5 +1,5 @@
 """DINO cross-entropy with centering and sharpening on hand-made tensors, centre updates, the MSE, the token
-correspondence InfoNCE."""
+correspondence InfoNCE and its bank of global negatives."""
 
 import math
 
@@ -10,7 +10,10 @@ from alice.pretrain.losses import (
     ClsLoss,
     CorrespondenceLoss,
     PatchLoss,
+    TokenBank,
+    TokenPlaces,
     UniformityLoss,
+    flat_cells,
     grid_cells,
     reconstruction_loss,
 )
@@ -170,3 +173,63 @@ def test_correspondence_places_only_the_visible_student_tokens():
     assert loss(scrambled, student, teacher_shifted, grid, shifts).item() > clean + 1.0
     nothing = loss(student, student, teacher_shifted, grid, shifts, torch.zeros(2, 27, dtype=torch.bool))
     assert torch.isfinite(nothing)  # no visible token: only the centre term
+
+
+def test_bank_negatives_are_the_far_places_of_the_same_scan():
+    bank = TokenBank(size=5, dim=2, radius=10.0)
+    # Newest first: entry 0 is the last pushed. Scan 7 at 0 and 30 voxels, scan 8 at 30; two slots stay empty.
+    bank.push(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([8, 7]), torch.tensor([[30.0, 0, 0], [30, 0, 0]]))
+    bank.push(torch.tensor([[1.0, 0.0]]), torch.tensor([7]), torch.tensor([[5.0, 0, 0]]))
+    assert bank.case.tolist() == [7, 8, 7, -1, -1]
+    logits = bank.logits(torch.tensor([[1.0, 0.0]]), torch.tensor([7]), torch.tensor([[0.0, 0, 0]]), 0.5)
+    # 5 voxels away: the token's own place; scan 8: another patient; only scan 7's place 30 voxels away counts.
+    assert torch.isinf(logits[0, [0, 1, 3, 4]]).all() and logits[0, 2].item() == pytest.approx(0.0)
+    bank.push(torch.ones(7, 2), torch.zeros(7, dtype=torch.long), torch.zeros(7, 3))  # more than it holds
+    assert bank.case.tolist() == [0] * 5
+
+
+def test_the_bank_makes_a_token_differ_from_far_places_of_its_scan_only():
+    grid = (3, 3, 3)
+    loss = CorrespondenceLoss(temperature=0.05)
+    origins = torch.zeros(2, 3, dtype=torch.long)
+    shifts = torch.tensor([[1, 0, 0], [0, 0, -1]])
+    student = place_codes(origins, grid)
+    teacher_shifted = place_codes(origins + shifts, grid)
+    places = TokenPlaces(torch.tensor([1, 2]), (grid_cells(grid)[None].repeat(2, 1, 1) + 0.5) * 16)
+
+    def with_bank(case: int, voxels: torch.Tensor) -> float:
+        bank = TokenBank(size=27, dim=64, radius=16.0)
+        bank.push(student[0], torch.full((27,), case), voxels)  # view 0's own tokens
+        return loss(student, student, teacher_shifted, grid, shifts, None, bank, places).item()
+
+    alone = loss(student, student, teacher_shifted, grid, shifts).item()
+    # Its tokens at their own places, or in another patient's scan, are no negatives: the loss stays.
+    assert with_bank(1, places.voxels[0]) == pytest.approx(alone, abs=1e-6)
+    assert with_bank(3, places.voxels[0] + 200) == pytest.approx(alone, abs=1e-6)
+    # The same tokens recorded 200 voxels away in the same scan: a place that looks alike elsewhere is penalised.
+    assert with_bank(1, places.voxels[0] + 200) > alone + 0.3
+
+
+def test_sam_partners_extend_the_cross_patient_term_to_every_visible_token():
+    grid = (3, 3, 3)
+    loss = CorrespondenceLoss(temperature=0.05)
+    shifts = torch.tensor([[1, 0, 0]] * 4)
+    # Query views (rows 0, 1) and key views (rows 2, 3) one world cell apart along y.
+    origins = torch.tensor([[0, 0, 0], [0, 0, 0], [0, 1, 0], [0, 1, 0]])
+    student = place_codes(origins, grid)
+    teacher_shifted = place_codes(origins + shifts, grid)
+    cells = grid_cells(grid)
+    inside = lambda c: ((c >= 0) & (c < 3)).all(dim=-1)  # noqa: E731
+    query_to_key, key_to_query = cells - torch.tensor([0, 1, 0]), cells + torch.tensor([0, 1, 0])
+    right = torch.stack([torch.where(inside(c), flat_cells(c, grid), -1)
+                         for c in (query_to_key, query_to_key, key_to_query, key_to_query)])
+    wrong = torch.where(right >= 0, (right + 1) % 27, -1)
+    centres = loss(student, student, teacher_shifted, grid, shifts).item()
+    with_right = loss(student, student, teacher_shifted, grid, shifts, partners=right).item()
+    # The centres are one cell off in this pair and stay paired, so the right partners bring the loss down.
+    assert with_right < centres - 0.5
+    assert loss(student, student, teacher_shifted, grid, shifts, partners=wrong).item() > with_right + 5.0
+    # Masked tokens take no part.
+    visible = torch.zeros(4, 27, dtype=torch.bool)
+    masked = loss(student, student, teacher_shifted, grid, shifts, visible, partners=wrong).item()
+    assert masked == pytest.approx(loss(student, student, teacher_shifted, grid, shifts, visible).item())

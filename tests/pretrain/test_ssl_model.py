@@ -4,11 +4,13 @@ import numpy as np
 import pytest
 import torch
 
+from alice.anatomy.cache import embed_case
+from alice.anatomy.model import build_sam
 from alice.mining.views import MiningCase
 from alice.pretrain.config import LossConfig, PretrainConfig
 from alice.pretrain.ssl_model import build_ssl_model
 from alice.pretrain.views import PairBatch, PairSampler
-from tests.anatomy.conftest import synthetic_ct
+from tests.anatomy.conftest import synthetic_ct, tiny_config
 from tests.pretrain.conftest import TINY_MODEL
 
 
@@ -157,3 +159,24 @@ def test_the_correspondence_term_adds_to_the_loss_and_needs_shifted_crops(batch)
     assert 0.5 * chance < out["loss/correspondence"].item() < 1.5 * chance
     out["loss"].backward()
     assert all(p.grad is None for p in model.teacher.parameters())
+
+
+def test_sam_partners_and_the_bank_take_part_in_the_correspondence_term():
+    torch.manual_seed(0)
+    sam = build_sam(tiny_config()).eval()
+    cases = [MiningCase(f"case{s}", v, embed_case(sam, v)) for s, v in enumerate(synthetic_ct(seed=s)
+                                                                               for s in range(2))]
+    model = build(correspondence_weight=1.0, correspondence_bank=32).eval()  # no drop-path: runs compare
+    sampler = PairSampler(cases, "sam", 32, (-125.0, 225.0), 0.0, 4, 4, 8, 0.75, "tube", 2, seed=0,
+                          shift_voxels=16, token_grids=model.correspondence_grids())
+    batch = sampler.next_batch()
+    assert any((p >= 0).sum() > 2 * 4 for p in batch.partners.values())  # more than the centres
+    first = model.compute_losses(batch, teacher_temp=0.01)
+    first["loss"].backward()
+    assert torch.isfinite(first["loss"])
+    model.update_centres(first)
+    bank = model.correspondence.banks["dec_tokens"]
+    assert (bank.case >= 0).sum() == 4 * 8  # 4 views, as many tokens each as the 2x2x2 bottleneck has
+    # The bank now holds far places of the batch's scans: the same batch scores a higher loss against them.
+    again = model.compute_losses(batch, teacher_temp=0.01)
+    assert again["loss/correspondence"] > first["loss/correspondence"]

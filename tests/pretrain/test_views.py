@@ -1,4 +1,5 @@
-"""Online pairs: windowed zero-padded crops, B > 1 pairs with their own points and masks, ranks, resumable state."""
+"""Online pairs: windowed zero-padded crops, B > 1 pairs with their own points and masks, ranks, resumable state,
+the SAM partners of the views' tokens."""
 
 import numpy as np
 import pytest
@@ -9,17 +10,24 @@ from alice.anatomy.model import build_sam
 from alice.data.io import Volume
 from alice.errors import InputError
 from alice.mining.views import MiningCase
-from alice.pretrain.views import PairSampler, crop_window, load_mining_cases, window_hu
+from alice.pretrain.losses import flat_cells, grid_cells, token_voxels
+from alice.pretrain.views import (
+    PairSampler,
+    crop_window,
+    load_mining_cases,
+    sam_partners,
+    window_hu,
+)
 from tests.anatomy.conftest import synthetic_ct, tiny_config
 from tests.pretrain.conftest import write_cohort
 
 HU_WINDOW = (-125.0, 225.0)
 
 
-def sampler(cases, mode="random_cross", batch=3, rank=0, world=1, seed=0, shift=0):
+def sampler(cases, mode="random_cross", batch=3, rank=0, world=1, seed=0, shift=0, grids=None):
     return PairSampler(cases, mode, 32, HU_WINDOW, threshold=0.3, max_tries=4, margin_voxels=4, mask_cell_voxels=8,
                        mask_ratio=0.75, mask_shape="tube", batch_pairs=batch, seed=seed, rank=rank, world_size=world,
-                       shift_voxels=shift)
+                       shift_voxels=shift, token_grids=grids)
 
 
 @pytest.fixture(scope="module")
@@ -56,12 +64,12 @@ def test_a_batch_holds_b_pairs_each_with_its_own_points_crops_and_masks(cases):
         assert crop[0, 16, 16, 16].item() == pytest.approx(window_hu(image.array[pair.query_ijk], HU_WINDOW))
 
 
-def test_shifted_crops_are_each_views_scan_cropped_at_its_centre_moved_by_whole_steps(cases):
+def test_shifted_crops_are_each_views_scan_cropped_at_its_centre_moved_by_steps_and_jitter(cases):
     assert sampler(cases, batch=2).next_batch().shifted is None
     batch = sampler(cases, batch=3, shift=16).next_batch()
     assert batch.shifted.shape == (6, 1, 32, 32, 32) and batch.shifts.shape == (6, 3)
     shifts = batch.shifts.numpy()
-    assert np.all(np.isin(shifts, [-16, 0, 16])) and np.all(np.any(shifts != 0, axis=1))
+    assert np.abs(shifts).max() <= 16 + 8 and np.any(shifts % 16)  # a step of 16 voxels, up to 8 voxels of jitter
     views = [(p.query_case, p.query_ijk) for p in batch.pairs] + [(p.key_case, p.key_ijk) for p in batch.pairs]
     for (case, ijk), shift, crop in zip(views, shifts, batch.shifted):
         image = next(c for c in cases if c.case_id == case).image
@@ -104,13 +112,40 @@ def test_cross_patient_modes_need_two_cases(cases):
     assert all(p.query_case == p.key_case == "case0" for p in batch.pairs)
 
 
-def test_sam_mode_pairs_come_from_the_embeddings():
+@pytest.fixture(scope="module")
+def embedded():
     torch.manual_seed(0)
     model = build_sam(tiny_config()).eval()
-    embedded = [MiningCase(f"case{s}", v, embed_case(model, v)) for s, v in enumerate(synthetic_ct(seed=s)
-                                                                                      for s in range(2))]
+    return [MiningCase(f"case{s}", v, embed_case(model, v)) for s, v in enumerate(synthetic_ct(seed=s)
+                                                                                  for s in range(2))]
+
+
+def test_sam_mode_pairs_come_from_the_embeddings(embedded):
     batch = sampler(embedded, mode="sam", batch=2).next_batch()
     assert all(p.mode == "sam" and np.isfinite(p.score) and p.query_case != p.key_case for p in batch.pairs)
+
+
+def test_sam_partners_pair_the_tokens_that_cover_the_same_voxels(embedded):
+    case = embedded[0]
+    grid = (4, 4, 4)
+    centre = torch.tensor(case.image.shape) // 2
+    query_voxels, key_voxels = (token_voxels(c[None], 32, grid)[0].numpy() for c in (centre, centre + torch.tensor([8, 0, 0])))
+    query_partner, key_partner = sam_partners(case, query_voxels, case, key_voxels, threshold=0.5)
+    # The key view starts one cell (8 voxels) further along x: query cell c covers key cell c - (1, 0, 0).
+    cells = grid_cells(grid)
+    expected = flat_cells(cells - torch.tensor([1, 0, 0]), grid).numpy()
+    found = query_partner >= 0
+    assert found.sum() >= 8 and (query_partner[found] == expected[found]).all()
+    assert (key_partner[query_partner[found]] == np.flatnonzero(found)).all()  # partners both ways
+    assert (sam_partners(case, query_voxels, case, key_voxels, threshold=1.01)[0] == -1).all()
+
+
+def test_sam_mode_batches_carry_the_partners_of_every_token_grid(embedded, cases):
+    grids = {"enc_tokens": (2, 2, 2), "dec_tokens": (4, 4, 4)}
+    batch = sampler(embedded, mode="sam", batch=2, grids=grids).next_batch()
+    assert {key: tuple(p.shape) for key, p in batch.partners.items()} == {"enc_tokens": (4, 8), "dec_tokens": (4, 64)}
+    assert all(((p >= -1) & (p < p.shape[1])).all() for p in batch.partners.values())
+    assert sampler(cases, grids=grids).next_batch().partners is None  # no SAM in random_cross mode
 
 
 def test_loading_a_cohort_with_one_training_case_is_refused_before_any_embedding(tmp_path):
