@@ -263,7 +263,7 @@ def _ijk_to_mm(embedding, ijk):
 
 
 def cmd_eval_retrieval(args: argparse.Namespace) -> int:
-    from alice.explore.evaluate import run_retrieval_evaluation
+    from alice.explore.evaluate import retiling_shift, run_retrieval_evaluation
 
     sources = {name: _embedding_settings(args, source=name) for name in args.sources}
     result = run_retrieval_evaluation(args.manifest, sources, args.source_case, args.split)
@@ -279,7 +279,7 @@ def cmd_eval_retrieval(args: argparse.Namespace) -> int:
         cycle = ", ".join(f"{name} {m['mre_mm']:.1f} mm" for name, m in facts["cycle_error"].items())
         print(f"{case}: landmark error {facts['landmark_error']}; mean cycle error {cycle}")
     retiling = ", ".join(f"{name} {m['mre_mm']:.1f} mm" for name, m in result["retiling"].items())
-    print(f"{args.source_case} re-tiled (cropped by {next(iter(result['retiling'].values()))['shift_voxels']} "
+    print(f"{args.source_case} re-tiled (cropped by {retiling_shift(result)} "
           f"voxels): mean error {retiling}")
     return 0
 

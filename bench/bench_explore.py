@@ -81,6 +81,8 @@ def main() -> None:
     parser.add_argument("--clicks", type=int, default=10)
     args = parser.parse_args()
     os.environ.setdefault("ALICE_WORKSPACE", tempfile.mkdtemp(prefix="alice-bench-explore-"))
+    from alice.explore.evaluate import retiling_shift
+
     started = now()
     quality = retrieval_quality()
     embed = embedding_seconds()
@@ -107,7 +109,7 @@ def main() -> None:
             for name, settings in quality["sources"].items()) + ".", "",
         "Real patients (no shared labelled structure with the source scan):", "", *cycles, "",
         f"Re-tiling: {quality['source_case']}'s landmarks found in the same scan cropped by "
-        f"{next(iter(quality['retiling'].values()))['shift_voxels']} voxels (the truth is the point itself; only "
+        f"{retiling_shift(quality)} voxels (the truth is the point itself; only "
         "where the windows fall changes), error in mm: " + ", ".join(
             f"{name} {m['mre_mm']:.1f} (median {m['median_mm']:.1f}, n {m['n']})"
             for name, m in quality["retiling"].items()) + ".", "",

@@ -82,6 +82,11 @@ def retiling_errors(settings: EmbeddingSettings, case: LoadedCase, shift: tuple[
     return np.linalg.norm(predicted - kept, axis=1)
 
 
+def retiling_shift(result: dict) -> list[int]:
+    """The crop (voxels) behind the re-tiling errors of a ``run_retrieval_evaluation`` result."""
+    return next(iter(result["retiling"].values()))["shift_voxels"]
+
+
 def cycle_errors(settings: EmbeddingSettings, query: LoadedCase, key: LoadedCase, xyz_mm: np.ndarray) -> np.ndarray:
     """Distance (mm) from each query point to where its match in ``key`` leads back in ``query``."""
     method = retrieval_method(settings)

@@ -89,8 +89,10 @@ def write_card(run_dir: str | Path, checkpoint: str | Path, card: str | Path, co
                           "prototype scores the temperatures are set for (`alice.models.cafa`)")
     extra_note = "".join(f"\n- Not in Alice: {d}." for d in departures)
     token_rows = "\n".join(f"| {name} | {table_cells(statistics)} |" for name, statistics in tokens.items())
+    from alice.explore.evaluate import retiling_shift  # the explorer's stack, only when a card is written
+
     retiling = quality.get("retiling", {})
-    retiling_note = (f"\nThe same scan cropped by {next(iter(retiling.values()))['shift_voxels']} voxels, where each "
+    retiling_note = (f"\nThe same scan cropped by {retiling_shift(quality)} voxels, where each "
                      "landmark's truth is itself (only where the windows fall changes), mean error in mm: "
                      + ", ".join(f"{name} {m['mre_mm']:.1f}" for name, m in retiling.items()) + ".\n"
                      if retiling else "")

@@ -231,10 +231,12 @@ class TokenBank(nn.Module):
             case: (...) the scan each query's place lies in.
             voxels: (..., 3) that place.
         """
-        scores = queries @ self.tokens.T / temperature
-        far = torch.cdist(voxels.reshape(-1, 3).float(), self.voxels).reshape(scores.shape) > self.radius
-        negative = (case[..., None] == self.case) & far
-        return scores.masked_fill(~negative, float("-inf"))
+        return (queries @ self.tokens.T / temperature).masked_fill(~self.negatives(case, voxels), float("-inf"))
+
+    def negatives(self, case: torch.Tensor, voxels: torch.Tensor) -> torch.Tensor:
+        """(..., size) bool: which entries are negatives for places in scans ``case`` (...) at ``voxels`` (..., 3)."""
+        far = torch.cdist(voxels.reshape(-1, 3).float(), self.voxels).reshape(*case.shape, -1) > self.radius
+        return (case[..., None] == self.case) & far
 
     @torch.no_grad()
     def push(self, tokens: torch.Tensor, case: torch.Tensor, voxels: torch.Tensor) -> None:
@@ -306,9 +308,12 @@ class CorrespondenceLoss(nn.Module):
         if visible is not None:
             inside &= visible
         logits = student @ teacher_shifted.transpose(1, 2) / self.temperature
-        if bank is not None:  # a token's place is also the place of its positive
+        if bank is not None:  # scored once; each part masks the entries that are not its negatives
+            bank_scores = student @ bank.tokens.T / self.temperature
+            # Placement: a token's place is also the place of its positive.
             case = places.case[:, None].expand(-1, logits.shape[1])
-            logits = torch.cat([logits, bank.logits(student, case, places.voxels, self.temperature)], dim=-1)
+            far = bank_scores.masked_fill(~bank.negatives(case, places.voxels), float("-inf"))
+            logits = torch.cat([logits, far], dim=-1)
         # A masked crop can leave no visible token inside the shifted crop: the term is then 0 for this batch.
         placement = (F.cross_entropy(logits[inside], flat_cells(shifted_cells, grid)[inside]) if inside.any()
                      else logits[..., 0].sum() * 0.0)
@@ -329,8 +334,8 @@ class CorrespondenceLoss(nn.Module):
         if bank is not None:  # the positive is the partner token, in the other view's scan
             partner_voxels = places.voxels[other_view].gather(1, partners.clamp_min(0)[..., None].expand(-1, -1, 3))
             case = places.case[other_view][:, None].expand(-1, cross_logits.shape[1])
-            cross_logits = torch.cat([cross_logits, bank.logits(student, case, partner_voxels, self.temperature)],
-                                     dim=-1)
+            far = bank_scores.masked_fill(~bank.negatives(case, partner_voxels), float("-inf"))
+            cross_logits = torch.cat([cross_logits, far], dim=-1)
         return 0.5 * (placement + F.cross_entropy(cross_logits[matched], partners[matched]))
 
 

@@ -119,6 +119,15 @@ def place_codes(origins: torch.Tensor, grid: tuple[int, int, int], dim: int = 64
     return codes[key % 1000]
 
 
+def two_placed_views():
+    """Two views on a 3x3x3 grid whose tokens name their place, the crops shifted by one cell, and the loss."""
+    grid = (3, 3, 3)
+    shifts = torch.tensor([[1, 0, 0], [0, 0, -1]])
+    origins = torch.zeros(2, 3, dtype=torch.long)
+    return (grid, CorrespondenceLoss(temperature=0.05), shifts, place_codes(origins, grid),
+            place_codes(origins + shifts, grid))
+
+
 def test_correspondence_is_low_only_when_tokens_name_the_place_they_cover():
     grid = (3, 3, 3)
     loss = CorrespondenceLoss(temperature=0.05)
@@ -157,12 +166,7 @@ def test_correspondence_sends_gradient_to_the_student_only():
 
 
 def test_correspondence_places_only_the_visible_student_tokens():
-    grid = (3, 3, 3)
-    loss = CorrespondenceLoss(temperature=0.05)
-    origins = torch.zeros(2, 3, dtype=torch.long)
-    shifts = torch.tensor([[1, 0, 0], [0, 0, -1]])
-    student = place_codes(origins, grid)
-    teacher_shifted = place_codes(origins + shifts, grid)
+    grid, loss, shifts, student, teacher_shifted = two_placed_views()
     visible = torch.zeros(2, 27, dtype=torch.bool)
     visible[:, :9] = True
     scrambled = student.clone()
@@ -189,12 +193,7 @@ def test_bank_negatives_are_the_far_places_of_the_same_scan():
 
 
 def test_the_bank_makes_a_token_differ_from_far_places_of_its_scan_only():
-    grid = (3, 3, 3)
-    loss = CorrespondenceLoss(temperature=0.05)
-    origins = torch.zeros(2, 3, dtype=torch.long)
-    shifts = torch.tensor([[1, 0, 0], [0, 0, -1]])
-    student = place_codes(origins, grid)
-    teacher_shifted = place_codes(origins + shifts, grid)
+    grid, loss, shifts, student, teacher_shifted = two_placed_views()
     places = TokenPlaces(torch.tensor([1, 2]), (grid_cells(grid)[None].repeat(2, 1, 1) + 0.5) * 16)
 
     def with_bank(case: int, voxels: torch.Tensor) -> float:
