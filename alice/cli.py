@@ -176,7 +176,8 @@ def _embedding_settings(args: argparse.Namespace, source: str | None = None):
     own_checkpoint = source == getattr(args, "source", "alice") and args.checkpoint
     return EmbeddingSettings(source=source, checkpoint=str(args.checkpoint) if own_checkpoint else "",
                              network=args.network, tokens=args.tokens, sam_part=args.sam_part,
-                             grid_mm=args.grid_mm).resolved()
+                             grid_mm=args.grid_mm, **({} if args.tilings is None else {"tilings": args.tilings})
+                             ).resolved()
 
 
 def _embedded_cohort(args: argparse.Namespace, settings, records=None):
@@ -545,6 +546,9 @@ def build_parser() -> argparse.ArgumentParser:
                              help="SAM embedding (default: %(default)s)")
         command.add_argument("--grid-mm", type=float, default=6.0,
                              help="spacing of the stored vectors in mm (default: %(default)s)")
+        command.add_argument("--tilings", type=int, choices=[1, 2, 4, 8],
+                             help="Alice / untrained: runs over each scan, the token cells moved by half a cell "
+                                  "along some axes, averaged (default: 4)")
         command.add_argument("--manifest", type=Path, default=paths.SAMPLE_MANIFEST, help="cohort (default: %(default)s)")
         command.add_argument("--json", action="store_true", help="print one JSON object")
 

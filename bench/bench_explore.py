@@ -5,9 +5,11 @@
     re-tiling errors (the source scan's landmarks in the same scan cropped by a few voxels);
 (b) dense-embedding seconds per case for each source, from an empty cache;
 (c) the Landmark retrieval page's server time per click with cached embeddings (AppTest script runs, SAM and
-    Alice, each alone), median over a sequence of clicks at different voxels.
+    Alice, each alone), median over a sequence of clicks at different voxels;
+(d) Alice's landmark and re-tiling errors and embedding seconds for each number of tilings (``--tilings``).
 
-Run: ``python bench/bench_explore.py`` (writes its section of bench/RESULTS.md and prints JSON).
+Run: ``python bench/bench_explore.py [--tilings 1 2 4 8]`` (writes its section of bench/RESULTS.md and prints
+JSON).
 """
 
 from __future__ import annotations
@@ -54,6 +56,28 @@ def embedding_seconds() -> dict[str, float]:
     return out
 
 
+def tiling_sweep(counts: list[int]) -> dict[int, dict]:
+    """Alice (shipped checkpoint) with each number of tilings: landmark errors on the held-out pseudo-subjects,
+    re-tiling errors and seconds to embed one case."""
+    from alice.anatomy.evaluate import evaluate_landmarks, landmark_tasks, radial_error_metrics
+    from alice.data.cohort import sample_cohort
+    from alice.explore.dense import EmbeddingSettings, embed_case, load_network
+    from alice.explore.evaluate import retiling_errors, retrieval_method
+
+    tasks = landmark_tasks(sample_cohort())
+    out = {}
+    for count in counts:
+        settings = EmbeddingSettings(source="alice", tilings=count).resolved()
+        landmarks = evaluate_landmarks({"alice": retrieval_method(settings)}, tasks)["methods"]["alice"]
+        started = time.perf_counter()
+        embed_case(tasks[0].query, settings, load_network(settings))
+        seconds = round(time.perf_counter() - started, 2)
+        out[count] = {"landmarks": {k: v for k, v in landmarks.items() if k != "per_structure"},
+                      "retiling": radial_error_metrics(retiling_errors(settings, tasks[0].query)),
+                      "embed_seconds": seconds}
+    return out
+
+
 def click_seconds(source: str, clicks: int) -> dict[str, float]:
     """Median and max AppTest run seconds after a click on the query view, embeddings and index cached."""
     from streamlit.testing.v1 import AppTest
@@ -79,6 +103,8 @@ def click_seconds(source: str, clicks: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clicks", type=int, default=10)
+    parser.add_argument("--tilings", type=int, nargs="*", default=[1], choices=[1, 2, 4, 8],
+                        help="numbers of tilings to compare Alice's errors at (d) (default: %(default)s)")
     args = parser.parse_args()
     os.environ.setdefault("ALICE_WORKSPACE", tempfile.mkdtemp(prefix="alice-bench-explore-"))
     from alice.explore.evaluate import retiling_shift
@@ -87,7 +113,14 @@ def main() -> None:
     quality = retrieval_quality()
     embed = embedding_seconds()
     clicks = {name: click_seconds(name, args.clicks) for name in ("sam", "alice")}
-    result = {"date": started, "machine": machine(), "quality": quality, "embed_seconds": embed, "click": clicks}
+    # The default number of tilings is (a)'s and (b)'s Alice; the others are measured here.
+    default = quality["sources"]["alice"]["tilings"]
+    tilings = tiling_sweep(sorted(set(args.tilings) - {default}))
+    tilings[default] = {"landmarks": {k: v for k, v in quality["methods"]["alice"].items() if k != "per_structure"},
+                        "retiling": quality["retiling"]["alice"], "embed_seconds": embed["alice"]}
+    tilings = dict(sorted(tilings.items()))
+    result = {"date": started, "machine": machine(), "quality": quality, "embed_seconds": embed, "click": clicks,
+              "tilings": tilings}
     print(json.dumps(result))
 
     rows = ["| source | MRE (mm) | median | max | within 5 / 10 / 20 mm | n |", "|---|---|---|---|---|---|"]
@@ -119,7 +152,16 @@ def main() -> None:
         "(c) Landmark retrieval page, server time per click with cached embeddings and index (AppTest run, "
         "including the gallery thumbnails): "
         + "; ".join(f"{k}: median {v['median_s']} s, max {v['max_s']} s over {v['clicks']} clicks"
-                    for k, v in clicks.items()) + " (goal <= 1.5 s p50).", ""])
+                    for k, v in clicks.items()) + " (goal <= 1.5 s p50).", "",
+        f"(d) Alice's dense embeddings by number of tilings (the backbone run over the scan that many times with "
+        f"its token cells moved by half a cell along some axes, vectors averaged; the default, {default}, is (a) "
+        f"and (b)); landmarks as in (a), re-tiling as above, seconds to embed {EMBED_CASE}:", "",
+        "| tilings | MRE (mm) | median | within 5 / 10 / 20 mm | re-tiling MRE (median) | embed (s) |",
+        "|---|---|---|---|---|---|",
+        *(f"| {count} | {t['landmarks']['mre_mm']:.2f} | {t['landmarks']['median_mm']:.2f} | "
+          f"{t['landmarks']['within_5mm']:.0%} / {t['landmarks']['within_10mm']:.0%} / "
+          f"{t['landmarks']['within_20mm']:.0%} | {t['retiling']['mre_mm']:.1f} ({t['retiling']['median_mm']:.1f}) | "
+          f"{t['embed_seconds']} |" for count, t in tilings.items()), ""])
     write_section(HEADING, text)
 
 

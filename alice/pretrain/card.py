@@ -97,7 +97,8 @@ def write_card(run_dir: str | Path, checkpoint: str | Path, card: str | Path, co
                      + ", ".join(f"{name} {m['mre_mm']:.1f}" for name, m in retiling.items()) + ".\n"
                      if retiling else "")
     alice_source = quality.get("sources", {}).get("alice", {})
-    tokens_note = (f" (Alice: {alice_source['network']} backbone, {alice_source['tokens']} tokens)"
+    tilings = f", the mean of {alice_source['tilings']} tilings" if "tilings" in alice_source else ""
+    tokens_note = (f" (Alice: {alice_source['network']} backbone, {alice_source['tokens']} tokens{tilings})"
                    if "tokens" in alice_source else "")
     text = f"""# Alice, `cpu-tiny` preset: model card
 

@@ -8,9 +8,10 @@ import pytest
 
 from alice.anatomy.cache import body_mask
 from alice.data.cohort import CaseRecord, LoadedCase, load_case
+from alice.data.io import Volume
 from alice.errors import InputError
 from alice.explore.dense import (EmbeddingSettings, cache_entry_path, cached_dense_embedding, embed_case, lattice,
-                                 load_network, read_entry, shard, window_step)
+                                 load_network, read_entry, shard, tiling_offsets, window_step)
 from alice.explore.evaluate import cropped_case
 from tests.anatomy.conftest import synthetic_ct
 
@@ -73,6 +74,8 @@ def test_a_new_network_version_changes_the_untrained_key_but_not_sams(sam_settin
 def test_bad_settings_are_refused_by_name(tmp_path):
     with pytest.raises(InputError, match="source 'clip'"):
         EmbeddingSettings(source="clip").resolved()
+    with pytest.raises(InputError, match="tilings 3 is not one of"):
+        EmbeddingSettings(source="untrained", tilings=3).resolved()
     with pytest.raises(InputError, match="no such alice checkpoint"):
         EmbeddingSettings(source="alice", checkpoint=str(tmp_path / "missing.pt")).resolved()
 
@@ -90,11 +93,37 @@ def test_untrained_backbone_embeds_a_volume_window_by_window():
     assert similarity.min() < 0.99
 
 
+def test_two_tilings_average_the_scan_and_the_scan_moved_by_half_a_token_cell():
+    assert tiling_offsets(16, 1) == [(0, 0, 0)] and tiling_offsets(16, 2) == [(0, 0, 0), (8, 8, 8)]
+    corners = np.array(tiling_offsets(16, 4))
+    assert len({tuple(c) for c in corners}) == 4 and (corners.mean(axis=0) == 4).all()  # each axis: 0 and 8 twice
+    image = synthetic_ct(shape=(70, 60, 50), spacing_mm=2.0)
+    # The same scan with 8 voxels of air before it on every axis, in the same world place: its token cells fall
+    # half a bottleneck cell (16 voxels in cpu-tiny) away from the scan's own.
+    affine = image.affine.copy()
+    affine[:3, 3] = image.ijk_to_xyz([-8, -8, -8])
+    moved = Volume(np.pad(image.array, [(8, 0)] * 3, constant_values=-1024.0), affine)
+    one, two = (EmbeddingSettings(source="untrained", tokens="decoder", grid_mm=8.0, tilings=t).resolved()
+                for t in (1, 2))
+    network = load_network(one)
+    case = LoadedCase(CaseRecord("synthetic", Path("synthetic.nii.gz")), image, None, {}, None)
+    tilings = [embed_case(c, one, network) for c in (case, LoadedCase(case.record, moved, None, {}, None))]
+    # The padded scan's lattice is its own; compare the vectors at the scan's lattice points.
+    at = {tuple(p): row for row, p in enumerate(np.rint(tilings[1].xyz_mm).astype(int))}
+    rows = [at[tuple(p)] for p in np.rint(tilings[0].xyz_mm).astype(int)]
+    mean = tilings[0].vectors + tilings[1].vectors[rows]
+    mean /= np.linalg.norm(mean, axis=1, keepdims=True)
+    averaged = embed_case(case, two, network).vectors
+    np.testing.assert_allclose(averaged, mean, atol=5e-3)
+    assert np.abs(averaged - tilings[0].vectors).max() > 0.05  # the second tiling changes the vectors
+
+
 def test_windows_step_by_whole_token_cells_so_a_scan_cropped_by_one_step_keeps_its_vectors():
-    assert [window_step(48, 3, overlap) for overlap in (0.0, 0.25, 0.5, 0.9)] == [48, 32, 16, 16]
+    assert [window_step(48, 16, overlap) for overlap in (0.0, 0.25, 0.5, 0.9)] == [48, 32, 16, 16]
     image = synthetic_ct(shape=(100, 90, 80), spacing_mm=2.0)
     case = LoadedCase(CaseRecord("synthetic", Path("synthetic.nii.gz")), image, None, {}, None)
-    settings = EmbeddingSettings(source="untrained", grid_mm=8.0).resolved()
+    # One tiling: a second one starts its windows half a cell before the crop, where the crop has air.
+    settings = EmbeddingSettings(source="untrained", grid_mm=8.0, tilings=1).resolved()
     network = load_network(settings)
     whole, moved = (embed_case(c, settings, network) for c in (case, cropped_case(case, (32, 32, 32))))
     # The cropped scan's windows are the whole scan's windows after the first, so each place they cover as the whole
@@ -112,7 +141,9 @@ def test_windows_step_by_whole_token_cells_so_a_scan_cropped_by_one_step_keeps_i
 def test_both_token_sets_join_into_vectors_whose_cosine_is_the_mean_of_the_parts():
     image = synthetic_ct(shape=(40, 36, 30), spacing_mm=2.0)
     case = LoadedCase(CaseRecord("synthetic", Path("synthetic.nii.gz")), image, None, {}, None)
-    parts = {tokens: embed_case(case, EmbeddingSettings(source="untrained", grid_mm=8.0, tokens=tokens).resolved())
+    # One tiling: the mean of several weighs each set by how well its tilings agree at each place.
+    parts = {tokens: embed_case(case, EmbeddingSettings(source="untrained", grid_mm=8.0, tokens=tokens,
+                                                        tilings=1).resolved())
              for tokens in ("decoder", "encoder", "both")}
     both = parts["both"].vectors.astype(np.float32)
     assert both.shape[1] == 96 + 192  # cpu-tiny: first decoder stage 4 x 24, bottleneck 8 x 24
