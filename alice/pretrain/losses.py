@@ -222,16 +222,15 @@ class TokenBank(nn.Module):
         self.register_buffer("case", torch.full((size,), -1, dtype=torch.long))  # -1: an empty slot
         self.register_buffer("voxels", torch.zeros(size, 3))
 
-    def logits(self, queries: torch.Tensor, case: torch.Tensor, voxels: torch.Tensor,
-               temperature: float) -> torch.Tensor:
-        """Similarity / temperature of each query with each entry, -inf where the entry is not a negative.
+    def far_scores(self, scores: torch.Tensor, case: torch.Tensor, voxels: torch.Tensor) -> torch.Tensor:
+        """Scores against the entries, -inf where the entry is not a negative of the place.
 
         Args:
-            queries: (..., dim) unit vectors.
+            scores: (..., size) each query's score with each entry (its logits).
             case: (...) the scan each query's place lies in.
             voxels: (..., 3) that place.
         """
-        return (queries @ self.tokens.T / temperature).masked_fill(~self.negatives(case, voxels), float("-inf"))
+        return scores.masked_fill(~self.negatives(case, voxels), float("-inf"))
 
     def negatives(self, case: torch.Tensor, voxels: torch.Tensor) -> torch.Tensor:
         """(..., size) bool: which entries are negatives for places in scans ``case`` (...) at ``voxels`` (..., 3)."""
@@ -312,8 +311,7 @@ class CorrespondenceLoss(nn.Module):
             bank_scores = student @ bank.tokens.T / self.temperature
             # Placement: a token's place is also the place of its positive.
             case = places.case[:, None].expand(-1, logits.shape[1])
-            far = bank_scores.masked_fill(~bank.negatives(case, places.voxels), float("-inf"))
-            logits = torch.cat([logits, far], dim=-1)
+            logits = torch.cat([logits, bank.far_scores(bank_scores, case, places.voxels)], dim=-1)
         # A masked crop can leave no visible token inside the shifted crop: the term is then 0 for this batch.
         placement = (F.cross_entropy(logits[inside], flat_cells(shifted_cells, grid)[inside]) if inside.any()
                      else logits[..., 0].sum() * 0.0)
@@ -334,8 +332,7 @@ class CorrespondenceLoss(nn.Module):
         if bank is not None:  # the positive is the partner token, in the other view's scan
             partner_voxels = places.voxels[other_view].gather(1, partners.clamp_min(0)[..., None].expand(-1, -1, 3))
             case = places.case[other_view][:, None].expand(-1, cross_logits.shape[1])
-            far = bank_scores.masked_fill(~bank.negatives(case, partner_voxels), float("-inf"))
-            cross_logits = torch.cat([cross_logits, far], dim=-1)
+            cross_logits = torch.cat([cross_logits, bank.far_scores(bank_scores, case, partner_voxels)], dim=-1)
         return 0.5 * (placement + F.cross_entropy(cross_logits[matched], partners[matched]))
 
 

@@ -185,7 +185,8 @@ def test_bank_negatives_are_the_far_places_of_the_same_scan():
     bank.push(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([8, 7]), torch.tensor([[30.0, 0, 0], [30, 0, 0]]))
     bank.push(torch.tensor([[1.0, 0.0]]), torch.tensor([7]), torch.tensor([[5.0, 0, 0]]))
     assert bank.case.tolist() == [7, 8, 7, -1, -1]
-    logits = bank.logits(torch.tensor([[1.0, 0.0]]), torch.tensor([7]), torch.tensor([[0.0, 0, 0]]), 0.5)
+    scores = torch.tensor([[1.0, 0.0]]) @ bank.tokens.T / 0.5
+    logits = bank.far_scores(scores, torch.tensor([7]), torch.tensor([[0.0, 0, 0]]))
     # 5 voxels away: the token's own place; scan 8: another patient; only scan 7's place 30 voxels away counts.
     assert torch.isinf(logits[0, [0, 1, 3, 4]]).all() and logits[0, 2].item() == pytest.approx(0.0)
     bank.push(torch.ones(7, 2), torch.zeros(7, dtype=torch.long), torch.zeros(7, 3))  # more than it holds
