@@ -546,9 +546,9 @@ def build_parser() -> argparse.ArgumentParser:
                              help="SAM embedding (default: %(default)s)")
         command.add_argument("--grid-mm", type=float, default=6.0,
                              help="spacing of the stored vectors in mm (default: %(default)s)")
-        command.add_argument("--tilings", type=int, choices=[1, 2, 4, 8],
-                             help="Alice / untrained: runs over each scan, the token cells moved by half a cell "
-                                  "along some axes, averaged (default: 4)")
+        command.add_argument("--tilings", type=int, choices=[1, 8, 12],
+                             help="Alice / untrained: runs over each scan, its windows moved to evenly spread "
+                                  "places within one window step, averaged (default: 8)")
         command.add_argument("--manifest", type=Path, default=paths.SAMPLE_MANIFEST, help="cohort (default: %(default)s)")
         command.add_argument("--json", action="store_true", help="print one JSON object")
 

@@ -14,8 +14,8 @@ st.markdown("Click a voxel of the query scan: each embedding source finds the mo
             "pseudo-subjects, whose exact correspondence to their source scan is stored.")
 st.caption("How well each source finds landmarks on the sample cohort: the Alice model card "
            "(`checkpoints/alice_cpu_tiny.md`) and `alice eval retrieval`. With the shipped models, SAM's matches "
-           "are the more accurate: each Alice token describes a 32 mm cell and still depends somewhat on where the "
-           "sliding windows fall (README, *Representation explorer*), so some of its matches are far off.")
+           "are the more accurate: each Alice token describes a 32 mm cell, averaged over several placements of the "
+           "sliding windows (README, *Representation explorer*), and some of its matches are far off.")
 cohorts, problems = list_cohorts()
 for problem in problems:
     st.error(problem)

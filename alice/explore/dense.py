@@ -9,7 +9,8 @@ Sources (``EmbeddingSettings.source``):
   stride. The windows step by whole bottleneck cells (``window_step``) and the last ones are not pulled back to
   the scan's edge, so the token cells of all windows cover the same voxels (a step of 36 voxels, 25% overlap of
   48-voxel windows, put them 4 voxels apart from window to window). With ``tilings`` > 1 this runs again with the
-  token cells moved by half a cell along some axes, and the vectors are averaged.
+  scan moved by part of a window step, so the windows and their token cells fall elsewhere on the anatomy, and the
+  vectors are averaged.
 - ``sam``: the SAM checkpoint's cached local and upsampled global maps (``local``, ``global``, or ``both``:
   the two unit vectors concatenated and scaled by 1/sqrt(2), so a dot product is SAM's matching score).
 - ``untrained``: the Alice backbone with seeded random weights, the control.
@@ -53,7 +54,9 @@ NETWORKS = ("teacher", "student")
 TOKENS = ("decoder", "encoder", "both")
 TOKEN_KEYS = {"decoder": ("dec_tokens",), "encoder": ("enc_tokens",), "both": ("dec_tokens", "enc_tokens")}
 SAM_PARTS = ("both", "local", "global")
-CACHE_FORMAT = 3  # 2: parity-free decoder upsampling (untrained vectors changed); 3: windows on whole token cells
+# 2: parity-free decoder upsampling (untrained vectors changed); 3: windows on whole token cells; 4: tilings on a
+# lattice over the window step (the same count moves the scan elsewhere)
+CACHE_FORMAT = 4
 NORM_TOLERANCE = 1e-2  # float16 storage keeps unit vectors within ~1e-3 of norm 1
 
 
@@ -72,13 +75,15 @@ class EmbeddingSettings:
         sam_part: ``both``, ``local`` or ``global`` (``sam``).
         grid_mm: lattice spacing of the stored vectors.
         overlap: sliding-window overlap (``alice``, ``untrained``); the step it gives is rounded down to whole
-            bottleneck cells (``window_step``).
-        tilings: how many times (1, 2, 4 or 8) the backbone runs over the scan (``alice``, ``untrained``), the
-            token cells of each run moved by half a bottleneck cell along some axes (``tiling_offsets``); the
-            vectors are the mean of the runs'. A token stands for a whole cell (16 voxels, 32 mm), so one tiling
-            describes a place that falls between two cells less well than one at a cell's centre, and in another
-            scan the same anatomy falls anywhere in its cell: four tilings took the shipped checkpoint's landmark
-            error from 70.1 to 30.7 mm (bench/RESULTS.md), at four times the embedding time.
+            bottleneck cells (``window_step``). 0 by default: the tilings average over the windows' places.
+        tilings: how many times (1, 8 or 12) the backbone runs over the scan (``alice``, ``untrained``), the scan
+            moved each time so that the windows, and the token cells inside them, fall at evenly spread places
+            within one window step (``tiling_offsets``); the vectors are the mean of the runs'. A token stands for
+            a whole cell (16 voxels, 32 mm) seen from one place in its window, so one run describes a place between
+            two cells, or at a window's edge, less well than one at a cell's centre, and in another scan the same
+            anatomy falls anywhere in its cell and window: eight tilings took the shipped checkpoint's landmark
+            error from 83.4 mm (one run) to 15.3 mm and its re-tiling error from 71.6 to 4.9 mm, SAM's
+            (bench/RESULTS.md), at about twelve times the embedding time of one run.
         spacing_mm: voxel size the backbone sees (``alice``, ``untrained``); the sample cohort's is 2 mm.
         preset: pretraining preset of the untrained network.
         seed: seed of the untrained network's weights.
@@ -90,8 +95,8 @@ class EmbeddingSettings:
     tokens: str = "both"
     sam_part: str = "both"
     grid_mm: float = 6.0
-    overlap: float = 0.25
-    tilings: int = 4
+    overlap: float = 0.0
+    tilings: int = 8
     spacing_mm: float = 2.0
     preset: str = "cpu-tiny"
     seed: int = 0
@@ -109,8 +114,8 @@ class EmbeddingSettings:
         if self.grid_mm <= 0 or not 0 <= self.overlap < 1 or self.spacing_mm <= 0:
             raise InputError(None, f"grid_mm ({self.grid_mm}) and spacing_mm ({self.spacing_mm}) must be positive "
                                    f"and overlap ({self.overlap}) in [0, 1)")
-        if self.tilings not in TILING_CORNERS:
-            raise InputError(None, f"embedding tilings {self.tilings} is not one of {list(TILING_CORNERS)}")
+        if self.tilings not in TILING_GENERATORS:
+            raise InputError(None, f"embedding tilings {self.tilings} is not one of {list(TILING_GENERATORS)}")
         checkpoint = self.checkpoint
         if self.source == "untrained":
             checkpoint = ""
@@ -269,16 +274,17 @@ def _backbone_vectors(image: Volume, settings: EmbeddingSettings, xyz_mm: np.nda
     step = window_step(roi, cell, settings.overlap)
     volume = torch.from_numpy(window_hu(image.array, config.views.hu_window))[None, None]
     total = 0.0
-    for offset in tiling_offsets(cell, settings.tilings):
+    for offset in tiling_offsets(step, settings.tilings):
         # The scan padded by ``offset`` at the near ends moves every token cell by that much; padded at the far
         # ends so that every window, the last ones too, starts a whole number of steps in: the token cells of all
         # windows then cover the same voxels (zero is air after windowing, as outside any crop).
         far = [roi + -(-max(size + o - roi, 0) // step) * step - size - o for size, o in zip(image.shape, offset)]
         padded = F.pad(volume, (offset[2], far[2], offset[1], far[1], offset[0], far[0]))
         # MONAI stitches the overlapping windows' token maps into one map per token set, at the tokens' stride.
-        # Its step is int(roi * (1 - overlap)): half a voxel more than ``step`` survives that rounding.
+        # Its step is int(roi * (1 - overlap)): half a voxel more than ``step`` survives that rounding (a step of
+        # a whole window is overlap 0).
         feature_maps = sliding_window_inference(padded, (roi,) * 3, sw_batch_size=4, predictor=token_maps,
-                                                overlap=1 - (step + 0.5) / roi, mode="gaussian",
+                                                overlap=max(0.0, 1 - (step + 0.5) / roi), mode="gaussian",
                                                 padding_mode="constant", cval=0.0)
         if isinstance(feature_maps, torch.Tensor):  # MONAI returns a one-map tuple as the bare map
             feature_maps = (feature_maps,)
@@ -298,15 +304,18 @@ def _backbone_vectors(image: Volume, settings: EmbeddingSettings, xyz_mm: np.nda
     return total / np.linalg.norm(total, axis=1, keepdims=True)
 
 
-# Which corners of a cube of half a bottleneck cell each number of tilings moves the token cells to: spread so
-# that every axis sees both phases equally often.
-TILING_CORNERS = {1: ((0, 0, 0),), 2: ((0, 0, 0), (1, 1, 1)), 4: ((0, 0, 0), (1, 1, 0), (1, 0, 1), (0, 1, 1)),
-                  8: tuple((i, j, k) for i in (0, 1) for j in (0, 1) for k in (0, 1))}
+# Per number of tilings, the generator of the rank-1 lattice that places them (``tiling_offsets``): its entries
+# are prime to the count, so each axis sees every one of its evenly spread places once, and the three axes move in
+# different orders, so the runs are spread over the whole cube of window places, not along its diagonal.
+TILING_GENERATORS = {1: (1, 1, 1), 8: (1, 3, 5), 12: (1, 5, 7)}
 
 
-def tiling_offsets(cell: int, tilings: int) -> list[tuple[int, int, int]]:
-    """How far (voxels per axis) each tiling moves the token cells: corners of a cube of half a ``cell``."""
-    return [tuple(c * (cell // 2) for c in corner) for corner in TILING_CORNERS[tilings]]
+def tiling_offsets(step: int, tilings: int) -> list[tuple[int, int, int]]:
+    """How far (voxels per axis) each tiling moves the scan: run k moves it by ``step * (k * g mod n) / n``
+    (rounded down) along each axis, g the axis's entry of the lattice generator and n the number of tilings, so the
+    windows, and the token cells inside them, fall at n evenly spread places within one window step."""
+    generator = TILING_GENERATORS[tilings]
+    return [tuple(step * (k * g % tilings) // tilings for g in generator) for k in range(tilings)]
 
 
 def window_step(roi: int, cell: int, overlap: float) -> int:

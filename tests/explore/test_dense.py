@@ -74,8 +74,8 @@ def test_a_new_network_version_changes_the_untrained_key_but_not_sams(sam_settin
 def test_bad_settings_are_refused_by_name(tmp_path):
     with pytest.raises(InputError, match="source 'clip'"):
         EmbeddingSettings(source="clip").resolved()
-    with pytest.raises(InputError, match="tilings 3 is not one of"):
-        EmbeddingSettings(source="untrained", tilings=3).resolved()
+    with pytest.raises(InputError, match="tilings 4 is not one of"):
+        EmbeddingSettings(source="untrained", tilings=4).resolved()
     with pytest.raises(InputError, match="no such alice checkpoint"):
         EmbeddingSettings(source="alice", checkpoint=str(tmp_path / "missing.pt")).resolved()
 
@@ -93,45 +93,59 @@ def test_untrained_backbone_embeds_a_volume_window_by_window():
     assert similarity.min() < 0.99
 
 
-def test_two_tilings_average_the_scan_and_the_scan_moved_by_half_a_token_cell():
-    assert tiling_offsets(16, 1) == [(0, 0, 0)] and tiling_offsets(16, 2) == [(0, 0, 0), (8, 8, 8)]
-    corners = np.array(tiling_offsets(16, 4))
-    assert len({tuple(c) for c in corners}) == 4 and (corners.mean(axis=0) == 4).all()  # each axis: 0 and 8 twice
+@pytest.mark.parametrize("tilings", [8, 12])
+def test_tilings_spread_the_windows_evenly_over_one_window_step(tilings):
+    assert tiling_offsets(48, 1) == [(0, 0, 0)]
+    offsets = np.array(tiling_offsets(48, tilings))
+    for axis in offsets.T:  # each axis: every one of the evenly spread places once
+        assert sorted(axis) == [48 * k // tilings for k in range(tilings)]
+    assert len({tuple(a) for a in offsets[:, [0, 1]]}) == tilings  # the axes move in different orders
+    assert not (offsets[:, 0] == offsets[:, 2]).all() and not (offsets[:, 1] == offsets[:, 2]).all()
+
+
+def test_tilings_average_the_scan_moved_by_each_offset():
     image = synthetic_ct(shape=(70, 60, 50), spacing_mm=2.0)
-    # The same scan with 8 voxels of air before it on every axis, in the same world place: its token cells fall
-    # half a bottleneck cell (16 voxels in cpu-tiny) away from the scan's own.
-    affine = image.affine.copy()
-    affine[:3, 3] = image.ijk_to_xyz([-8, -8, -8])
-    moved = Volume(np.pad(image.array, [(8, 0)] * 3, constant_values=-1024.0), affine)
-    one, two = (EmbeddingSettings(source="untrained", tokens="decoder", grid_mm=8.0, tilings=t).resolved()
-                for t in (1, 2))
-    network = load_network(one)
     case = LoadedCase(CaseRecord("synthetic", Path("synthetic.nii.gz")), image, None, {}, None)
-    tilings = [embed_case(c, one, network) for c in (case, LoadedCase(case.record, moved, None, {}, None))]
-    # The padded scan's lattice is its own; compare the vectors at the scan's lattice points.
-    at = {tuple(p): row for row, p in enumerate(np.rint(tilings[1].xyz_mm).astype(int))}
-    rows = [at[tuple(p)] for p in np.rint(tilings[0].xyz_mm).astype(int)]
-    mean = tilings[0].vectors + tilings[1].vectors[rows]
-    mean /= np.linalg.norm(mean, axis=1, keepdims=True)
-    averaged = embed_case(case, two, network).vectors
+    # Eight tilings of the 48-voxel step move the scan by multiples of 6 voxels: a 6-voxel (12 mm) lattice keeps its
+    # points on the moved scans' lattices.
+    one, eight = (EmbeddingSettings(source="untrained", tokens="decoder", grid_mm=12.0, tilings=t).resolved()
+                  for t in (1, 8))
+    network = load_network(one)
+    total = 0
+    for offset in tiling_offsets(window_step(48, 16, one.overlap), 8):
+        # The same scan with air before it, in the same world place: its windows fall ``offset`` voxels earlier on
+        # the anatomy.
+        affine = image.affine.copy()
+        affine[:3, 3] = image.ijk_to_xyz(-np.asarray(offset))
+        moved = embed_case(LoadedCase(case.record, Volume(np.pad(image.array, [(o, 0) for o in offset],
+                                                                 constant_values=-1024.0), affine), None, {}, None),
+                           one, network)
+        # The padded scan's lattice is its own; take its vectors at the scan's lattice points.
+        at = {tuple(p): row for row, p in enumerate(np.rint(moved.xyz_mm).astype(int))}
+        total = total + moved.vectors[[at[tuple(p)] for p in np.rint(embed_case(case, one, network).xyz_mm)
+                                       .astype(int)]].astype(np.float32)
+    mean = total / np.linalg.norm(total, axis=1, keepdims=True)
+    averaged = embed_case(case, eight, network).vectors
     np.testing.assert_allclose(averaged, mean, atol=5e-3)
-    assert np.abs(averaged - tilings[0].vectors).max() > 0.05  # the second tiling changes the vectors
+    assert np.abs(averaged - embed_case(case, one, network).vectors).max() > 0.05  # the tilings change the vectors
 
 
-def test_windows_step_by_whole_token_cells_so_a_scan_cropped_by_one_step_keeps_its_vectors():
-    assert [window_step(48, 16, overlap) for overlap in (0.0, 0.25, 0.5, 0.9)] == [48, 32, 16, 16]
+@pytest.mark.parametrize("overlap, margin", [(0.25, 32), (0.0, 16)])
+def test_windows_step_by_whole_token_cells_so_a_scan_cropped_by_one_step_keeps_its_vectors(overlap, margin):
+    assert [window_step(48, 16, o) for o in (0.0, 0.25, 0.5, 0.9)] == [48, 32, 16, 16]
     image = synthetic_ct(shape=(100, 90, 80), spacing_mm=2.0)
     case = LoadedCase(CaseRecord("synthetic", Path("synthetic.nii.gz")), image, None, {}, None)
-    # One tiling: a second one starts its windows half a cell before the crop, where the crop has air.
-    settings = EmbeddingSettings(source="untrained", grid_mm=8.0, tilings=1).resolved()
+    # One tiling: the others start their windows before the crop, where the crop has air.
+    settings = EmbeddingSettings(source="untrained", grid_mm=8.0, overlap=overlap, tilings=1).resolved()
     network = load_network(settings)
-    whole, moved = (embed_case(c, settings, network) for c in (case, cropped_case(case, (32, 32, 32))))
+    step = window_step(48, 16, overlap)
+    whole, moved = (embed_case(c, settings, network) for c in (case, cropped_case(case, (step,) * 3)))
     # The cropped scan's windows are the whole scan's windows after the first, so each place they cover as the whole
-    # scan's do (past the first window's overlap, 16 voxels, and the token cell interpolated across it) gets the
+    # scan's do (past the first window's overlap and the token cell interpolated across the crop's edge) gets the
     # same vector. With the 36-voxel step of 25% overlap, the windows of the two would fall 4 voxels apart.
     rows = {tuple(np.rint(xyz).astype(int)): row for row, xyz in enumerate(whole.xyz_mm)}
     shared = [(rows[key], row) for row, key in enumerate(map(tuple, np.rint(moved.xyz_mm).astype(int)))
-              if key in rows and (moved.ijk[row] >= 32).all()]
+              if key in rows and (moved.ijk[row] >= margin).all()]
     assert len(shared) > 10
     same, other = np.array(shared).T
     np.testing.assert_allclose(moved.vectors[other].astype(np.float32), whole.vectors[same].astype(np.float32),
