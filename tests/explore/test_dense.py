@@ -169,3 +169,14 @@ def test_shards_cover_every_case_once(records):
     cases = list(records.values()) * 3
     shards = [shard(cases, rank, 4) for rank in range(4)]
     assert sorted(r.case_id for s in shards for r in s) == sorted(r.case_id for r in cases)
+
+
+def test_the_cli_offers_the_tilings_the_library_knows():
+    # The parser writes them out so that ``alice --help`` does not import torch; they must not drift apart.
+    from alice.cli import build_parser
+    from alice.explore.dense import TILING_GENERATORS
+
+    embed = next(a for a in build_parser()._subparsers._group_actions[0].choices["embed"]._actions
+                 if a.dest == "tilings")
+    assert embed.choices == list(TILING_GENERATORS)
+    assert f"default: {EmbeddingSettings.tilings})" in embed.help
