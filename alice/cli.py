@@ -174,10 +174,12 @@ def _embedding_settings(args: argparse.Namespace, source: str | None = None):
 
     source = source or args.source
     own_checkpoint = source == getattr(args, "source", "alice") and args.checkpoint
+    # Left out when not given: the library's defaults hold.
+    given = {name: value for name, value in (("tilings", args.tilings), ("spacings_mm", args.spacings_mm))
+             if value is not None}
     return EmbeddingSettings(source=source, checkpoint=str(args.checkpoint) if own_checkpoint else "",
                              network=args.network, tokens=args.tokens, sam_part=args.sam_part,
-                             grid_mm=args.grid_mm, **({} if args.tilings is None else {"tilings": args.tilings})
-                             ).resolved()
+                             grid_mm=args.grid_mm, **given).resolved()
 
 
 def _embedded_cohort(args: argparse.Namespace, settings, records=None):
@@ -549,6 +551,9 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--tilings", type=int, choices=[1, 8, 12],
                              help="Alice / untrained: runs over each scan, its windows moved to evenly spread "
                                   "places within one window step, averaged (default: 8)")
+        command.add_argument("--spacings-mm", type=float, nargs="+", metavar="MM",
+                             help="Alice / untrained: the voxel sizes the backbone sees the scan at, their vectors "
+                                  "joined (default: 2 6 12)")
         command.add_argument("--manifest", type=Path, default=paths.SAMPLE_MANIFEST, help="cohort (default: %(default)s)")
         command.add_argument("--json", action="store_true", help="print one JSON object")
 

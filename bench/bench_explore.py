@@ -6,10 +6,11 @@
 (b) dense-embedding seconds per case for each source, from an empty cache;
 (c) the Landmark retrieval page's server time per click with cached embeddings (AppTest script runs, SAM and
     Alice, each alone), median over a sequence of clicks at different voxels;
-(d) Alice's landmark and re-tiling errors and embedding seconds for each number of tilings (``--tilings``).
+(d) Alice's landmark and re-tiling errors and embedding seconds for other numbers of tilings (``--tilings``) and
+    other sets of voxel sizes (``--spacings``), each beside the defaults of (a).
 
-Run: ``python bench/bench_explore.py [--tilings 1 8 12]`` (writes its section of bench/RESULTS.md and prints
-JSON).
+Run: ``python bench/bench_explore.py [--tilings 1 12] [--spacings 2 2,6]`` (writes its section of bench/RESULTS.md
+and prints JSON). ``ALICE_WORKSPACE`` names the workspace whose caches it may reuse (default: a new empty one).
 """
 
 from __future__ import annotations
@@ -61,9 +62,9 @@ def overall(landmarks: dict) -> dict:
     return {k: v for k, v in landmarks.items() if k != "per_structure"}
 
 
-def tiling_sweep(counts: list[int]) -> dict[int, dict]:
-    """Alice (shipped checkpoint) with each number of tilings: landmark errors on the held-out pseudo-subjects,
-    re-tiling errors and seconds to embed one case."""
+def variant_sweep(variants: dict[str, dict]) -> dict[str, dict]:
+    """Alice (shipped checkpoint) with other embedding settings (name -> settings changed): landmark errors on the
+    held-out pseudo-subjects, re-tiling errors and seconds to embed one case."""
     from alice.anatomy.evaluate import evaluate_landmarks, landmark_tasks, radial_error_metrics
     from alice.data.cohort import sample_cohort
     from alice.explore.dense import EmbeddingSettings, embed_case, load_network
@@ -71,16 +72,21 @@ def tiling_sweep(counts: list[int]) -> dict[int, dict]:
 
     tasks = landmark_tasks(sample_cohort())
     out = {}
-    for count in counts:
-        settings = EmbeddingSettings(source="alice", tilings=count).resolved()
+    for name, changes in variants.items():
+        settings = EmbeddingSettings(source="alice", **changes).resolved()
         landmarks = evaluate_landmarks({"alice": retrieval_method(settings)}, tasks)["methods"]["alice"]
         started = time.perf_counter()
         embed_case(tasks[0].query, settings, load_network(settings))
         seconds = round(time.perf_counter() - started, 2)
-        out[count] = {"landmarks": overall(landmarks),
-                      "retiling": radial_error_metrics(retiling_errors(settings, tasks[0].query)),
-                      "embed_seconds": seconds}
+        out[name] = {"landmarks": overall(landmarks),
+                     "retiling": radial_error_metrics(retiling_errors(settings, tasks[0].query)),
+                     "embed_seconds": seconds}
     return out
+
+
+def mm_list(spacings) -> str:
+    """Voxel sizes as ``2, 6, 12``."""
+    return ", ".join(f"{s:g}" for s in spacings)
 
 
 def click_seconds(source: str, clicks: int) -> dict[str, float]:
@@ -109,8 +115,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clicks", type=int, default=10)
     parser.add_argument("--tilings", type=int, nargs="*", default=[1], choices=[1, 8, 12],
-                        help="numbers of tilings to compare Alice's errors at (d) (default: %(default)s)")
+                        help="numbers of tilings to compare Alice's errors at, (d) (default: %(default)s)")
+    parser.add_argument("--spacings", nargs="*", default=["2"],
+                        help="sets of voxel sizes (mm, comma-separated) to compare Alice's errors at, (d) "
+                             "(default: %(default)s)")
     args = parser.parse_args()
+    reused = os.environ.get("ALICE_WORKSPACE")
     os.environ.setdefault("ALICE_WORKSPACE", tempfile.mkdtemp(prefix="alice-bench-explore-"))
     from alice.explore.evaluate import retiling_shift
 
@@ -118,14 +128,19 @@ def main() -> None:
     quality = retrieval_quality()
     embed = embedding_seconds()
     clicks = {name: click_seconds(name, args.clicks) for name in ("sam", "alice")}
-    # The default number of tilings is (a)'s and (b)'s Alice; the others are measured here.
-    default = quality["sources"]["alice"]["tilings"]
-    tilings = tiling_sweep(sorted(set(args.tilings) - {default}))
-    tilings[default] = {"landmarks": overall(quality["methods"]["alice"]),
-                        "retiling": quality["retiling"]["alice"], "embed_seconds": embed["alice"]}
-    tilings = dict(sorted(tilings.items()))
+    # (a)'s and (b)'s Alice is the default; each variant changes one setting of it.
+    default = quality["sources"]["alice"]
+    variants = {f"{count} tiling{'s' * (count != 1)}, {mm_list(default['spacings_mm'])} mm": {"tilings": count}
+                for count in args.tilings if count != default["tilings"]}
+    for text in args.spacings:
+        spacings = tuple(float(v) for v in text.split(","))
+        if list(spacings) != default["spacings_mm"]:
+            variants[f"{default['tilings']} tilings, {mm_list(spacings)} mm"] = {"spacings_mm": spacings}
+    compared = {f"{default['tilings']} tilings, {mm_list(default['spacings_mm'])} mm (default)": {
+        "landmarks": overall(quality["methods"]["alice"]), "retiling": quality["retiling"]["alice"],
+        "embed_seconds": embed["alice"]}, **variant_sweep(variants)}
     result = {"date": started, "machine": machine(), "quality": quality, "embed_seconds": embed, "click": clicks,
-              "tilings": tilings}
+              "variants": compared}
     print(json.dumps(result))
 
     rows = ["| source | MRE (mm) | median | max | within 5 / 10 / 20 mm | n |", "|---|---|---|---|---|---|"]
@@ -139,7 +154,9 @@ def main() -> None:
         cycles.append(f"- {case}: landmark error {facts['landmark_error']}; mean cycle error in mm: {cycle}")
     text = "\n".join([
         HEADING, "",
-        f"Command: `python bench/bench_explore.py`; machine: {machine()}; date: {started}.", "",
+        f"Command: `{f'ALICE_WORKSPACE={reused} ' if reused else ''}"
+        f"{' '.join(['python', 'bench/bench_explore.py', *sys.argv[1:]])}`; machine: {machine()}; "
+        f"date: {started}.", "",
         f"(a) `alice eval retrieval` ({quality['source_case']} landmarks -> held-out "
         f"{', '.join(quality['key_cases'])}; dense embeddings every 6 mm, sub-lattice refinement):", "",
         *rows, "", "Settings of each source: " + "; ".join(
@@ -158,15 +175,17 @@ def main() -> None:
         "including the gallery thumbnails): "
         + "; ".join(f"{k}: median {v['median_s']} s, max {v['max_s']} s over {v['clicks']} clicks"
                     for k, v in clicks.items()) + " (goal <= 1.5 s p50).", "",
-        f"(d) Alice's dense embeddings by number of tilings (the backbone run over the scan that many times with "
-        f"the scan moved to evenly spread places within one window step, vectors averaged; the default, {default}, "
-        f"is (a) and (b)); landmarks as in (a), re-tiling as above, seconds to embed {EMBED_CASE}:", "",
-        "| tilings | MRE (mm) | median | within 5 / 10 / 20 mm | re-tiling MRE (median) | embed (s) |",
-        "|---|---|---|---|---|---|",
-        *(f"| {count} | {t['landmarks']['mre_mm']:.2f} | {t['landmarks']['median_mm']:.2f} | "
-          f"{t['landmarks']['within_5mm']:.0%} / {t['landmarks']['within_10mm']:.0%} / "
-          f"{t['landmarks']['within_20mm']:.0%} | {t['retiling']['mre_mm']:.1f} ({t['retiling']['median_mm']:.1f}) | "
-          f"{t['embed_seconds']} |" for count, t in tilings.items()), ""])
+        f"(d) Alice's dense embeddings with other settings: the number of tilings (the backbone run over the scan "
+        f"that many times with the scan moved to evenly spread places within one window step, vectors averaged) "
+        f"and the voxel sizes the backbone sees (one pass each, vectors joined); the default is (a) and (b). "
+        f"Landmarks as in (a), re-tiling as above, seconds to embed {EMBED_CASE}:", "",
+        "| settings | MRE (mm) | median | max | within 5 / 10 / 20 mm | re-tiling MRE (median) | embed (s) |",
+        "|---|---|---|---|---|---|---|",
+        *(f"| {name} | {t['landmarks']['mre_mm']:.2f} | {t['landmarks']['median_mm']:.2f} | "
+          f"{t['landmarks']['max_mm']:.1f} | {t['landmarks']['within_5mm']:.0%} / "
+          f"{t['landmarks']['within_10mm']:.0%} / {t['landmarks']['within_20mm']:.0%} | "
+          f"{t['retiling']['mre_mm']:.1f} ({t['retiling']['median_mm']:.1f}) | {t['embed_seconds']} |"
+          for name, t in compared.items()), ""])
     write_section(HEADING, text)
 
 

@@ -13,9 +13,10 @@ st.markdown("Click a voxel of the query scan: each embedding source finds the mo
             "sends the match back to the query scan (small = consistent); the **error to truth** is known for the "
             "pseudo-subjects, whose exact correspondence to their source scan is stored.")
 st.caption("How well each source finds landmarks on the sample cohort: the Alice model card "
-           "(`checkpoints/alice_cpu_tiny.md`) and `alice eval retrieval`. With the shipped models, SAM's matches "
-           "are the more accurate: each Alice token describes a 32 mm cell, averaged over several placements of the "
-           "sliding windows (README, *Representation explorer*), and some of its matches are far off.")
+           "(`checkpoints/alice_cpu_tiny.md`) and `alice eval retrieval`. With the shipped models, Alice's matches "
+           "are on average the closest, then SAM's; the untrained control's are far off. Each Alice vector joins "
+           "the backbone's views of the scan at a fine and at coarser voxel sizes, each averaged over several "
+           "placements of the sliding windows (README, *Representation explorer*).")
 cohorts, problems = list_cohorts()
 for problem in problems:
     st.error(problem)

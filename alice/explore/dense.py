@@ -3,14 +3,15 @@
 Sources (``EmbeddingSettings.source``):
 
 - ``alice``: an Alice pretraining checkpoint (the shipped one by default); the teacher's or the student's backbone,
-  its encoder (bottleneck) or decoder (first decoder stage) tokens, or both joined. The case is resampled to
-  ``spacing_mm``, windowed like the training crops, and run through the backbone window by window with MONAI's
+  its encoder (bottleneck) or decoder (first decoder stage) tokens, or both joined. The case is resampled to each
+  of ``spacings_mm``, windowed like the training crops, and run through the backbone window by window with MONAI's
   sliding-window inference, which stitches the token maps of overlapping windows into one map at the tokens'
   stride. The windows step by whole bottleneck cells (``window_step``) and the last ones are not pulled back to
   the scan's edge, so the token cells of all windows cover the same voxels (a step of 36 voxels, 25% overlap of
   48-voxel windows, put them 4 voxels apart from window to window). With ``tilings`` > 1 this runs again with the
   scan moved by part of a window step, so the windows and their token cells fall elsewhere on the anatomy, and the
-  vectors are averaged.
+  vectors are averaged. The vectors of the voxel sizes are joined: a fine one tells nearby places apart, a coarse
+  one gives the windows enough of the body to tell which of several look-alike places (vertebrae, ribs) it is.
 - ``sam``: the SAM checkpoint's cached local and upsampled global maps (``local``, ``global``, or ``both``:
   the two unit vectors concatenated and scaled by 1/sqrt(2), so a dot product is SAM's matching score).
 - ``untrained``: the Alice backbone with seeded random weights, the control.
@@ -81,10 +82,16 @@ class EmbeddingSettings:
             within one window step (``tiling_offsets``); the vectors are the mean of the runs'. A token stands for
             a whole cell (16 voxels, 32 mm) seen from one place in its window, so one run describes a place between
             two cells, or at a window's edge, less well than one at a cell's centre, and in another scan the same
-            anatomy falls anywhere in its cell and window: eight tilings took the shipped checkpoint's landmark
-            error from 83.4 mm (one run) to 15.3 mm and its re-tiling error from 71.6 to 4.9 mm, SAM's
-            (bench/RESULTS.md), at about twelve times the embedding time of one run.
-        spacing_mm: voxel size the backbone sees (``alice``, ``untrained``); the sample cohort's is 2 mm.
+            anatomy falls anywhere in its cell and window: eight tilings take the shipped checkpoint's landmark
+            error from 24.5 mm (one run) to 8.2 mm and its re-tiling error from 14.9 to 3.7 mm
+            (bench/RESULTS.md), at about ten times the embedding time of one run.
+        spacings_mm: the voxel sizes the backbone sees (``alice``, ``untrained``), one pass (of all tilings) per
+            size, their vectors joined as the token sets are. The 48-voxel windows of ``cpu-tiny`` span 96 mm at
+            2 mm (the sample cohort's voxels, the training crops'), where neighbouring vertebrae look alike, 288 mm
+            at 6 mm, a trunk's width, and the whole body at 12 mm: the coarse passes say which of several
+            look-alike places a vector is at, the fine one where exactly. On the landmarks, 2, 6 and 12 mm take the
+            shipped checkpoint's error from 15.3 mm (2 mm alone) to 8.2 mm, below SAM's 9.6 mm (bench/RESULTS.md),
+            for about a quarter more embedding time; chosen on the training pseudo-subjects, not the held-out ones.
         preset: pretraining preset of the untrained network.
         seed: seed of the untrained network's weights.
     """
@@ -97,7 +104,7 @@ class EmbeddingSettings:
     grid_mm: float = 6.0
     overlap: float = 0.0
     tilings: int = 8
-    spacing_mm: float = 2.0
+    spacings_mm: tuple[float, ...] = (2.0, 6.0, 12.0)
     preset: str = "cpu-tiny"
     seed: int = 0
 
@@ -111,8 +118,9 @@ class EmbeddingSettings:
                               ("sam_part", SAM_PARTS)):
             if getattr(self, name) not in allowed:
                 raise InputError(None, f"embedding {name} {getattr(self, name)!r} is not one of {list(allowed)}")
-        if self.grid_mm <= 0 or not 0 <= self.overlap < 1 or self.spacing_mm <= 0:
-            raise InputError(None, f"grid_mm ({self.grid_mm}) and spacing_mm ({self.spacing_mm}) must be positive "
+        spacings = tuple(float(s) for s in self.spacings_mm)
+        if self.grid_mm <= 0 or not 0 <= self.overlap < 1 or not spacings or min(spacings) <= 0:
+            raise InputError(None, f"grid_mm ({self.grid_mm}) and spacings_mm ({list(spacings)}) must be positive "
                                    f"and overlap ({self.overlap}) in [0, 1)")
         if self.tilings not in TILING_GENERATORS:
             raise InputError(None, f"embedding tilings {self.tilings} is not one of {list(TILING_GENERATORS)}")
@@ -123,7 +131,8 @@ class EmbeddingSettings:
             checkpoint = str(paths.alice_checkpoint() if self.source == "alice" else paths.sam_checkpoint())
         if checkpoint and not Path(checkpoint).is_file():
             raise InputError(checkpoint, f"no such {self.source} checkpoint file")
-        return dataclasses.replace(self, checkpoint=str(Path(checkpoint).resolve()) if checkpoint else "")
+        return dataclasses.replace(self, checkpoint=str(Path(checkpoint).resolve()) if checkpoint else "",
+                                   spacings_mm=spacings)
 
     def relevant(self) -> dict:
         """The settings that change the vectors of this source (the others are left out of the key)."""
@@ -135,7 +144,7 @@ class EmbeddingSettings:
         # The network version too: a change to the backbone's code changes the untrained source's vectors, whose
         # settings and (absent) checkpoint stay the same.
         network = {"network": self.network, "tokens": self.tokens, "overlap": self.overlap, "tilings": self.tilings,
-                   "spacing_mm": self.spacing_mm, "network_version": build.NETWORK_VERSION}
+                   "spacings_mm": list(self.spacings_mm), "network_version": build.NETWORK_VERSION}
         if self.source == "untrained":
             return {**common, **network, "preset": self.preset, "seed": self.seed}
         return {**common, **network}
@@ -254,6 +263,16 @@ def load_network(settings: EmbeddingSettings):
 
 @torch.no_grad()
 def _backbone_vectors(image: Volume, settings: EmbeddingSettings, xyz_mm: np.ndarray, network) -> np.ndarray:
+    """The joined vectors of the backbone's passes over the scan at each of ``settings.spacings_mm``."""
+    parts = []
+    for spacing_mm in settings.spacings_mm:
+        resampled = image if np.allclose(image.spacing_mm, spacing_mm) else resample_volume(image, spacing_mm)
+        parts.append(torch.from_numpy(_tiled_vectors(resampled, settings, xyz_mm, network)))
+    return joined_unit_vectors(parts)
+
+
+def _tiled_vectors(image: Volume, settings: EmbeddingSettings, xyz_mm: np.ndarray, network) -> np.ndarray:
+    """(N, C) unit vectors at ``xyz_mm``: the mean of the backbone's tilings over ``image`` at its voxel size."""
     from monai.inferers import sliding_window_inference
 
     from alice.models.tokens import tokens_to_grid
@@ -262,8 +281,6 @@ def _backbone_vectors(image: Volume, settings: EmbeddingSettings, xyz_mm: np.nda
     model, config = network
     backbone = (model.teacher if settings.network == "teacher" else model.student).backbone
     keys = TOKEN_KEYS[settings.tokens]
-    if not np.allclose(image.spacing_mm, settings.spacing_mm):
-        image = resample_volume(image, settings.spacing_mm)
 
     def token_maps(crops: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = backbone(crops, None)

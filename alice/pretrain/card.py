@@ -98,7 +98,9 @@ def write_card(run_dir: str | Path, checkpoint: str | Path, card: str | Path, co
                      if retiling else "")
     alice_source = quality.get("sources", {}).get("alice", {})
     tilings = f", the mean of {alice_source['tilings']} tilings" if "tilings" in alice_source else ""
-    tokens_note = (f" (Alice: {alice_source['network']} backbone, {alice_source['tokens']} tokens{tilings})"
+    spacings = (f", at {', '.join(f'{s:g}' for s in alice_source['spacings_mm'])} mm voxels joined"
+                if "spacings_mm" in alice_source else "")
+    tokens_note = (f" (Alice: {alice_source['network']} backbone, {alice_source['tokens']} tokens{tilings}{spacings})"
                    if "tokens" in alice_source else "")
     text = f"""# Alice, `cpu-tiny` preset: model card
 

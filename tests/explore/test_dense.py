@@ -83,7 +83,7 @@ def test_bad_settings_are_refused_by_name(tmp_path):
 def test_untrained_backbone_embeds_a_volume_window_by_window():
     image = synthetic_ct(shape=(40, 36, 30), spacing_mm=2.0)
     case = LoadedCase(CaseRecord("synthetic", Path("synthetic.nii.gz")), image, None, {}, None)
-    settings = EmbeddingSettings(source="untrained", grid_mm=8.0, tokens="decoder").resolved()
+    settings = EmbeddingSettings(source="untrained", grid_mm=8.0, tokens="decoder", spacings_mm=(2.0,)).resolved()
     embedding = embed_case(case, settings)
     assert embedding.dim == 96  # cpu-tiny first decoder stage: 4 x feature size 24
     np.testing.assert_allclose(np.linalg.norm(embedding.vectors.astype(np.float32), axis=1), 1, atol=5e-3)
@@ -108,8 +108,8 @@ def test_tilings_average_the_scan_moved_by_each_offset():
     case = LoadedCase(CaseRecord("synthetic", Path("synthetic.nii.gz")), image, None, {}, None)
     # Eight tilings of the 48-voxel step move the scan by multiples of 6 voxels: a 6-voxel (12 mm) lattice keeps its
     # points on the moved scans' lattices.
-    one, eight = (EmbeddingSettings(source="untrained", tokens="decoder", grid_mm=12.0, tilings=t).resolved()
-                  for t in (1, 8))
+    one, eight = (EmbeddingSettings(source="untrained", tokens="decoder", grid_mm=12.0, tilings=t,
+                                    spacings_mm=(2.0,)).resolved() for t in (1, 8))
     network = load_network(one)
     single = embed_case(case, one, network)
     total = 0
@@ -135,8 +135,10 @@ def test_windows_step_by_whole_token_cells_so_a_scan_cropped_by_one_step_keeps_i
     assert [window_step(48, 16, o) for o in (0.0, 0.25, 0.5, 0.9)] == [48, 32, 16, 16]
     image = synthetic_ct(shape=(100, 90, 80), spacing_mm=2.0)
     case = LoadedCase(CaseRecord("synthetic", Path("synthetic.nii.gz")), image, None, {}, None)
-    # One tiling: the others start their windows before the crop, where the crop has air.
-    settings = EmbeddingSettings(source="untrained", grid_mm=8.0, overlap=overlap, tilings=1).resolved()
+    # One tiling: the others start their windows before the crop, where the crop has air. One voxel size: at
+    # another, the crop is not a whole number of window steps.
+    settings = EmbeddingSettings(source="untrained", grid_mm=8.0, overlap=overlap, tilings=1,
+                                 spacings_mm=(2.0,)).resolved()
     network = load_network(settings)
     step = window_step(48, 16, overlap)
     whole, moved = (embed_case(c, settings, network) for c in (case, cropped_case(case, (step,) * 3)))
@@ -157,12 +159,35 @@ def test_both_token_sets_join_into_vectors_whose_cosine_is_the_mean_of_the_parts
     case = LoadedCase(CaseRecord("synthetic", Path("synthetic.nii.gz")), image, None, {}, None)
     # One tiling: the mean of several weighs each set by how well its tilings agree at each place.
     parts = {tokens: embed_case(case, EmbeddingSettings(source="untrained", grid_mm=8.0, tokens=tokens,
-                                                        tilings=1).resolved())
+                                                        tilings=1, spacings_mm=(2.0,)).resolved())
              for tokens in ("decoder", "encoder", "both")}
     both = parts["both"].vectors.astype(np.float32)
     assert both.shape[1] == 96 + 192  # cpu-tiny: first decoder stage 4 x 24, bottleneck 8 x 24
     cosine = {t: parts[t].vectors.astype(np.float32) @ parts[t].vectors[0].astype(np.float32) for t in parts}
     np.testing.assert_allclose(cosine["both"], (cosine["decoder"] + cosine["encoder"]) / 2, atol=1e-2)
+
+
+def test_voxel_sizes_join_their_passes_into_vectors_whose_cosine_is_the_mean_of_the_parts():
+    image = synthetic_ct(shape=(60, 54, 45), spacing_mm=2.0)
+    case = LoadedCase(CaseRecord("synthetic", Path("synthetic.nii.gz")), image, None, {}, None)
+    parts = {spacings: embed_case(case, EmbeddingSettings(source="untrained", grid_mm=8.0, tokens="decoder",
+                                                          tilings=1, spacings_mm=spacings).resolved())
+             for spacings in ((2.0,), (6.0,), (2.0, 6.0))}
+    fine, coarse, joined = (parts[s].vectors.astype(np.float32) for s in ((2.0,), (6.0,), (2.0, 6.0)))
+    assert joined.shape[1] == 2 * 96
+    # The fine part is the 2 mm pass's vector and the coarse part the 6 mm pass's, each scaled by 1/sqrt(2).
+    np.testing.assert_allclose(joined * 2 ** 0.5, np.concatenate([fine, coarse], axis=1), atol=5e-3)
+    assert np.abs(fine - coarse).max() > 0.1  # the coarse pass sees the scan otherwise
+    cosine = {s: parts[s].vectors.astype(np.float32) @ parts[s].vectors[0].astype(np.float32) for s in parts}
+    np.testing.assert_allclose(cosine[(2.0, 6.0)], (cosine[(2.0,)] + cosine[(6.0,)]) / 2, atol=1e-2)
+    # The voxel sizes are part of the key: another set gives other vectors.
+    assert len({EmbeddingSettings(source="untrained", spacings_mm=s).resolved().key() for s in parts}) == 3
+
+
+@pytest.mark.parametrize("spacings", [(), (2.0, 0.0), (-6.0,)])
+def test_voxel_sizes_that_are_not_positive_are_refused(spacings):
+    with pytest.raises(InputError, match="spacings_mm"):
+        EmbeddingSettings(source="untrained", spacings_mm=spacings).resolved()
 
 
 def test_shards_cover_every_case_once(records):
@@ -180,3 +205,15 @@ def test_the_cli_offers_the_tilings_the_library_knows():
                  if a.dest == "tilings")
     assert embed.choices == list(TILING_GENERATORS)
     assert f"default: {EmbeddingSettings.tilings})" in embed.help
+
+
+def test_the_cli_states_the_librarys_default_voxel_sizes_and_passes_its_own():
+    from alice.cli import _embedding_settings, build_parser
+
+    parser = build_parser()
+    spacings = next(a for a in parser._subparsers._group_actions[0].choices["embed"]._actions
+                    if a.dest == "spacings_mm")
+    assert f"default: {' '.join(f'{s:g}' for s in EmbeddingSettings.spacings_mm)})" in spacings.help
+    assert _embedding_settings(parser.parse_args(["embed", "--source", "untrained"])).spacings_mm == (2.0, 6.0, 12.0)
+    given = parser.parse_args(["embed", "--source", "untrained", "--spacings-mm", "3", "5"])
+    assert _embedding_settings(given).spacings_mm == (3.0, 5.0)
