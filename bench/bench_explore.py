@@ -7,7 +7,8 @@
 (c) the Landmark retrieval page's server time per click with cached embeddings (AppTest script runs, SAM and
     Alice, each alone), median over a sequence of clicks at different voxels;
 (d) Alice's landmark and re-tiling errors and embedding seconds for other numbers of tilings (``--tilings``) and
-    other sets of voxel sizes (``--spacings``), each beside the defaults of (a).
+    other sets of voxel sizes (``--spacings``), each beside the defaults of (a), with the landmark errors on the
+    training pseudo-subjects too (validation: where such settings are chosen).
 
 Run: ``python bench/bench_explore.py [--tilings 1 12] [--spacings 2 2,6]`` (writes its section of bench/RESULTS.md
 and prints JSON). ``ALICE_WORKSPACE`` names the workspace whose caches it may reuse (default: a new empty one).
@@ -31,6 +32,7 @@ from common import REPO, machine, now, write_section  # noqa: E402  (bench/ is n
 HEADING = "## Representation explorer (issue 5)"
 SOURCES = ("alice", "sam", "untrained")
 EMBED_CASE = "lidc0001"
+VALIDATION_SPLIT = "train"  # pseudo01-04: the training pseudo-subjects, with the same exact truth as the held-out
 
 
 def retrieval_quality() -> dict:
@@ -62,9 +64,20 @@ def overall(landmarks: dict) -> dict:
     return {k: v for k, v in landmarks.items() if k != "per_structure"}
 
 
+def validation_landmarks(settings) -> dict:
+    """Landmark errors of one source on the training pseudo-subjects, where settings are chosen (the held-out ones
+    of (a) judge them)."""
+    from alice.anatomy.evaluate import evaluate_landmarks, landmark_tasks
+    from alice.data.cohort import sample_cohort
+    from alice.explore.evaluate import retrieval_method
+
+    tasks = landmark_tasks(sample_cohort(), split=VALIDATION_SPLIT)
+    return overall(evaluate_landmarks({"m": retrieval_method(settings)}, tasks)["methods"]["m"])
+
+
 def variant_sweep(variants: dict[str, dict]) -> dict[str, dict]:
     """Alice (shipped checkpoint) with other embedding settings (name -> settings changed): landmark errors on the
-    held-out pseudo-subjects, re-tiling errors and seconds to embed one case."""
+    held-out and on the training pseudo-subjects, re-tiling errors and seconds to embed one case."""
     from alice.anatomy.evaluate import evaluate_landmarks, landmark_tasks, radial_error_metrics
     from alice.data.cohort import sample_cohort
     from alice.explore.dense import EmbeddingSettings, embed_case, load_network
@@ -78,10 +91,17 @@ def variant_sweep(variants: dict[str, dict]) -> dict[str, dict]:
         started = time.perf_counter()
         embed_case(tasks[0].query, settings, load_network(settings))
         seconds = round(time.perf_counter() - started, 2)
-        out[name] = {"landmarks": overall(landmarks),
+        out[name] = {"landmarks": overall(landmarks), "validation": validation_landmarks(settings),
                      "retiling": radial_error_metrics(retiling_errors(settings, tasks[0].query)),
                      "embed_seconds": seconds}
     return out
+
+
+def validation_cases() -> list[str]:
+    """The pseudo-subjects of the validation landmark tasks."""
+    from alice.data.cohort import sample_cohort
+
+    return [r.case_id for r in sample_cohort().split(VALIDATION_SPLIT) if r.origin == "pseudo" and r.landmarks]
 
 
 def mm_list(spacings) -> str:
@@ -122,6 +142,7 @@ def main() -> None:
     args = parser.parse_args()
     reused = os.environ.get("ALICE_WORKSPACE")
     os.environ.setdefault("ALICE_WORKSPACE", tempfile.mkdtemp(prefix="alice-bench-explore-"))
+    from alice.explore.dense import EmbeddingSettings
     from alice.explore.evaluate import retiling_shift
 
     started = now()
@@ -137,10 +158,12 @@ def main() -> None:
         if list(spacings) != default["spacings_mm"]:
             variants[f"{default['tilings']} tilings, {mm_list(spacings)} mm"] = {"spacings_mm": spacings}
     compared = {f"{default['tilings']} tilings, {mm_list(default['spacings_mm'])} mm (default)": {
-        "landmarks": overall(quality["methods"]["alice"]), "retiling": quality["retiling"]["alice"],
-        "embed_seconds": embed["alice"]}, **variant_sweep(variants)}
+        "landmarks": overall(quality["methods"]["alice"]),
+        "validation": validation_landmarks(EmbeddingSettings(source="alice").resolved()),
+        "retiling": quality["retiling"]["alice"], "embed_seconds": embed["alice"]}, **variant_sweep(variants)}
+    sam_validation = validation_landmarks(EmbeddingSettings(source="sam").resolved())
     result = {"date": started, "machine": machine(), "quality": quality, "embed_seconds": embed, "click": clicks,
-              "variants": compared}
+              "variants": compared, "sam_validation": sam_validation}
     print(json.dumps(result))
 
     rows = ["| source | MRE (mm) | median | max | within 5 / 10 / 20 mm | n |", "|---|---|---|---|---|---|"]
@@ -178,12 +201,17 @@ def main() -> None:
         f"(d) Alice's dense embeddings with other settings: the number of tilings (the backbone run over the scan "
         f"that many times with the scan moved to evenly spread places within one window step, vectors averaged) "
         f"and the voxel sizes the backbone sees (one pass each, vectors joined); the default is (a) and (b). "
-        f"Landmarks as in (a), re-tiling as above, seconds to embed {EMBED_CASE}:", "",
-        "| settings | MRE (mm) | median | max | within 5 / 10 / 20 mm | re-tiling MRE (median) | embed (s) |",
-        "|---|---|---|---|---|---|---|",
+        f"Landmarks as in (a); validation: the same landmarks in the training pseudo-subjects "
+        f"({', '.join(validation_cases())}), where settings are chosen (SAM there: "
+        f"{sam_validation['mre_mm']:.2f} mm, median {sam_validation['median_mm']:.2f}); re-tiling as above; "
+        f"seconds to embed {EMBED_CASE}:", "",
+        "| settings | MRE (mm) | median | max | within 5 / 10 / 20 mm | validation MRE (median) | "
+        "re-tiling MRE (median) | embed (s) |",
+        "|---|---|---|---|---|---|---|---|",
         *(f"| {name} | {t['landmarks']['mre_mm']:.2f} | {t['landmarks']['median_mm']:.2f} | "
           f"{t['landmarks']['max_mm']:.1f} | {t['landmarks']['within_5mm']:.0%} / "
           f"{t['landmarks']['within_10mm']:.0%} / {t['landmarks']['within_20mm']:.0%} | "
+          f"{t['validation']['mre_mm']:.2f} ({t['validation']['median_mm']:.2f}) | "
           f"{t['retiling']['mre_mm']:.1f} ({t['retiling']['median_mm']:.1f}) | {t['embed_seconds']} |"
           for name, t in compared.items()), ""])
     write_section(HEADING, text)
