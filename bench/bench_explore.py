@@ -64,44 +64,32 @@ def overall(landmarks: dict) -> dict:
     return {k: v for k, v in landmarks.items() if k != "per_structure"}
 
 
-def validation_landmarks(settings) -> dict:
-    """Landmark errors of one source on the training pseudo-subjects, where settings are chosen (the held-out ones
-    of (a) judge them)."""
-    from alice.anatomy.evaluate import evaluate_landmarks, landmark_tasks
-    from alice.data.cohort import sample_cohort
+def landmark_errors(settings, tasks) -> dict:
+    """One source's landmark errors (without the per-structure breakdown) on ``tasks``."""
+    from alice.anatomy.evaluate import evaluate_landmarks
     from alice.explore.evaluate import retrieval_method
 
-    tasks = landmark_tasks(sample_cohort(), split=VALIDATION_SPLIT)
     return overall(evaluate_landmarks({"m": retrieval_method(settings)}, tasks)["methods"]["m"])
 
 
-def variant_sweep(variants: dict[str, dict]) -> dict[str, dict]:
+def variant_sweep(variants: dict[str, dict], tasks, validation_tasks) -> dict[str, dict]:
     """Alice (shipped checkpoint) with other embedding settings (name -> settings changed): landmark errors on the
-    held-out and on the training pseudo-subjects, re-tiling errors and seconds to embed one case."""
-    from alice.anatomy.evaluate import evaluate_landmarks, landmark_tasks, radial_error_metrics
-    from alice.data.cohort import sample_cohort
+    held-out ``tasks`` and on the ``validation_tasks``, re-tiling errors and seconds to embed one case."""
+    from alice.anatomy.evaluate import radial_error_metrics
     from alice.explore.dense import EmbeddingSettings, embed_case, load_network
-    from alice.explore.evaluate import retiling_errors, retrieval_method
+    from alice.explore.evaluate import retiling_errors
 
-    tasks = landmark_tasks(sample_cohort())
     out = {}
     for name, changes in variants.items():
         settings = EmbeddingSettings(source="alice", **changes).resolved()
-        landmarks = evaluate_landmarks({"alice": retrieval_method(settings)}, tasks)["methods"]["alice"]
+        landmarks = landmark_errors(settings, tasks)
         started = time.perf_counter()
         embed_case(tasks[0].query, settings, load_network(settings))
         seconds = round(time.perf_counter() - started, 2)
-        out[name] = {"landmarks": overall(landmarks), "validation": validation_landmarks(settings),
+        out[name] = {"landmarks": landmarks, "validation": landmark_errors(settings, validation_tasks),
                      "retiling": radial_error_metrics(retiling_errors(settings, tasks[0].query)),
                      "embed_seconds": seconds}
     return out
-
-
-def validation_cases() -> list[str]:
-    """The pseudo-subjects of the validation landmark tasks."""
-    from alice.data.cohort import sample_cohort
-
-    return [r.case_id for r in sample_cohort().split(VALIDATION_SPLIT) if r.origin == "pseudo" and r.landmarks]
 
 
 def mm_list(spacings) -> str:
@@ -142,6 +130,8 @@ def main() -> None:
     args = parser.parse_args()
     reused = os.environ.get("ALICE_WORKSPACE")
     os.environ.setdefault("ALICE_WORKSPACE", tempfile.mkdtemp(prefix="alice-bench-explore-"))
+    from alice.anatomy.evaluate import landmark_tasks
+    from alice.data.cohort import sample_cohort
     from alice.explore.dense import EmbeddingSettings
     from alice.explore.evaluate import retiling_shift
 
@@ -157,11 +147,13 @@ def main() -> None:
         spacings = tuple(float(v) for v in text.split(","))
         if list(spacings) != default["spacings_mm"]:
             variants[f"{default['tilings']} tilings, {mm_list(spacings)} mm"] = {"spacings_mm": spacings}
+    tasks, validation_tasks = (landmark_tasks(sample_cohort(), split=split) for split in ("test", VALIDATION_SPLIT))
     compared = {f"{default['tilings']} tilings, {mm_list(default['spacings_mm'])} mm (default)": {
         "landmarks": overall(quality["methods"]["alice"]),
-        "validation": validation_landmarks(EmbeddingSettings(source="alice").resolved()),
-        "retiling": quality["retiling"]["alice"], "embed_seconds": embed["alice"]}, **variant_sweep(variants)}
-    sam_validation = validation_landmarks(EmbeddingSettings(source="sam").resolved())
+        "validation": landmark_errors(EmbeddingSettings(source="alice").resolved(), validation_tasks),
+        "retiling": quality["retiling"]["alice"], "embed_seconds": embed["alice"]},
+        **variant_sweep(variants, tasks, validation_tasks)}
+    sam_validation = landmark_errors(EmbeddingSettings(source="sam").resolved(), validation_tasks)
     result = {"date": started, "machine": machine(), "quality": quality, "embed_seconds": embed, "click": clicks,
               "variants": compared, "sam_validation": sam_validation}
     print(json.dumps(result))
@@ -202,7 +194,7 @@ def main() -> None:
         f"that many times with the scan moved to evenly spread places within one window step, vectors averaged) "
         f"and the voxel sizes the backbone sees (one pass each, vectors joined); the default is (a) and (b). "
         f"Landmarks as in (a); validation: the same landmarks in the training pseudo-subjects "
-        f"({', '.join(validation_cases())}), where settings are chosen (SAM there: "
+        f"({', '.join(t.key.record.case_id for t in validation_tasks)}), where settings are chosen (SAM there: "
         f"{sam_validation['mre_mm']:.2f} mm, median {sam_validation['median_mm']:.2f}); re-tiling as above; "
         f"seconds to embed {EMBED_CASE}:", "",
         "| settings | MRE (mm) | median | max | within 5 / 10 / 20 mm | validation MRE (median) | "
