@@ -7,9 +7,8 @@
 (b) Wall time of each fine-tuning run, from its ``train.log`` (first to last line: training and validation).
 (c) Inference of one held-out case with a fine-tuned network (sliding window, whole case), median of 3.
 
-Run (the command that produced the committed figures):
-``python bench/bench_segmentation.py --seeds 0 1 2 --ablation-seeds 0 1 2 --ablation NAME=PRETRAINING_RUN ...`` (see
-RESULTS.md for the ablations).
+Run: ``python bench/bench_segmentation.py --seeds 0 1 2 --ablation-seeds 0 --ablation NAME=PRETRAINING_RUN ...``;
+RESULTS.md records the command of the committed figures, ablations included.
 """
 
 from __future__ import annotations

@@ -1,11 +1,9 @@
 """The segmentation network: an Alice backbone whose reconstruction layer is replaced by a C-class output.
 
 As in the official hand-off (``extract_backbone_weights.py`` keeps encoder and decoder; Jiang et al., ICCV 2023),
-fine-tuning starts from the pretrained encoder and decoder and learns a new output layer: a transposed conv of the
-same stride as the reconstruction layer, on the backbone's last decoder map (``features``), normalised first:
-instance normalisation (per crop and channel, as nnU-Net normalises) hands the new layer the features' spatial
-variation, not the part shared by the whole crop, so it does not learn the class priors first. The backbone is kept
-whole (its unused reconstruction layer included) so pretrained weights load strictly, key for key.
+fine-tuning starts from the pretrained encoder and decoder and learns a new output layer (``SegmentationHead``).
+The backbone is kept whole (its unused reconstruction layer included) so pretrained weights load strictly, key for
+key.
 """
 
 from __future__ import annotations
@@ -14,16 +12,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from alice.errors import InputError
 from alice.models.build import ModelConfig, build_backbone
+from alice.models.tokens import tokens_to_grid
 from alice.pretrain.export import backbone_weights_file, bundle_model_config, read_backbone, read_json
 
 SCRATCH = "scratch"
 CHECKPOINT_KIND = "segmentation"
-FORMAT_VERSION = 6  # 3: parity-free decoder upsampling; 4: decoder skips added; 5: edge-replicating convs;
-# 6: instance norm in the convs
+FORMAT_VERSION = 7  # 3: parity-free decoder upsampling; 4: decoder skips added; 5: edge-replicating convs;
+# 6: instance norm in the convs; 7: the head also reads the token sets
+# The token sets the head reads beside the last decoder map: the ones Alice's alignment losses train.
+HEAD_TOKENS = ("dec_tokens", "enc_tokens")
 # The ModelConfig fields that decide the backbone's weights; the others (drop path, head, CAFA) may differ.
 ARCHITECTURE_FIELDS = ("backbone", "roi", "in_channels", "feature_size", "depths", "num_heads", "window_sizes",
                        "patch_size")
@@ -44,9 +46,8 @@ class SegmentationNet(nn.Module):
         self.class_names = tuple(class_names)
         self.hu_window = tuple(float(v) for v in hu_window)
         self.backbone = build_backbone(config)
-        stride = self.backbone.feature_stride
-        self.head = nn.Sequential(nn.InstanceNorm3d(config.feature_size, affine=True),
-                                  nn.ConvTranspose3d(config.feature_size, len(self.class_names), stride, stride=stride))
+        self.head = SegmentationHead(config, len(self.class_names), self.backbone.token_grid,
+                                     self.backbone.feature_stride)
 
     @property
     def roi(self) -> tuple[int, int, int]:
@@ -54,7 +55,44 @@ class SegmentationNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, R, R, R) -> logits (B, C, R, R, R)."""
-        return self.head(self.backbone(x)["features"])
+        return self.head(self.backbone(x))
+
+
+class SegmentationHead(nn.Module):
+    """Class logits from the backbone's last decoder map (``features``) and its two token sets.
+
+    Pretraining trains the token sets with Alice's alignment losses, and the last decoder map with reconstruction
+    alone: a linear layer on that map, trained with the backbone frozen, found no more organs in pretrained than in
+    random weights (mean Dice 0.045 against 0.047 on the held-out pseudo-subjects). So the new layer also reads
+    the tokens, upsampled to the map's grid (the comparison it gives: bench/RESULTS.md, segmentation). The map is instance-normalised (per crop and channel, as nnU-Net normalises): the layer gets its spatial
+    variation, not the part shared by the whole crop, so it does not learn the class priors first. The tokens are
+    layer-normalised per place: what a coarse token shares with the whole crop says where in the body the crop is.
+    The output layer is a transposed conv of the reconstruction layer's stride.
+
+    Args:
+        config: the backbone's widths.
+        num_classes: output channels.
+        token_grid: the backbone's token grids by key.
+        stride: the backbone's ``feature_stride``.
+    """
+
+    def __init__(self, config: ModelConfig, num_classes: int, token_grid: dict, stride: int):
+        super().__init__()
+        self.token_grid = {key: tuple(token_grid[key]) for key in HEAD_TOKENS}
+        self.features_norm = nn.InstanceNorm3d(config.feature_size, affine=True)
+        self.token_norms = nn.ModuleDict({"dec_tokens": nn.LayerNorm(config.dec_dim),
+                                          "enc_tokens": nn.LayerNorm(config.enc_dim)})
+        width = config.feature_size + config.dec_dim + config.enc_dim
+        self.out = nn.ConvTranspose3d(width, num_classes, stride, stride=stride)
+
+    def forward(self, backbone_out: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The backbone's output dict -> logits (B, C, X, Y, Z)."""
+        features = backbone_out["features"]
+        parts = [self.features_norm(features)]
+        for key in HEAD_TOKENS:
+            grid = tokens_to_grid(self.token_norms[key](backbone_out[key]), self.token_grid[key])
+            parts.append(F.interpolate(grid, size=features.shape[2:], mode="trilinear", align_corners=False))
+        return self.out(torch.cat(parts, dim=1))
 
 
 def architecture_differences(pretrained: ModelConfig, config: ModelConfig) -> list[str]:

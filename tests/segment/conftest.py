@@ -75,7 +75,7 @@ def tiny_finetune_config(manifest, steps: int = 4, **sections) -> FinetuneConfig
     """A run of seconds: two training cases, one validation case, roi 32, crops on the organs."""
     config = FinetuneConfig(
         model=TINY_MODEL, data=SegDataConfig(manifest=str(manifest), train_cases=2, val_cases=1),
-        optim=SegOptimConfig(lr=3e-3, min_lr=1e-4, warmup_steps=0, batch_size=2),
+        optim=SegOptimConfig(lr=1e-2, min_lr=1e-4, warmup_steps=0, batch_size=2),
         augment=AugmentConfig(foreground_fraction=1.0),
         run=SegRunConfig(steps=steps, val_every=steps, checkpoint_every=2, tensorboard=False))
     return dataclasses.replace(config, **sections)

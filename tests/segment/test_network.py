@@ -26,11 +26,21 @@ def test_the_head_replaces_the_reconstruction_layer(backbone, reconstruction_lay
     assert without_gradient == {reconstruction_layer}  # kept only so pretrained weights load key for key
 
 
+def test_the_head_reads_both_token_sets_besides_the_last_decoder_map():
+    model = build_segmentation_net(TINY_MODEL, CLASSES, WINDOW).eval()
+    with torch.no_grad():
+        out = model.backbone(torch.rand(1, 1, 32, 32, 32))
+        logits = model.head(out)
+        for key in ("features", "dec_tokens", "enc_tokens"):
+            changed = model.head({**out, key: out[key] + torch.randn_like(out[key])})
+            assert (changed - logits).abs().max() > 1e-3, key
+
+
 def test_scratch_is_seeded():
     a, b = (build_segmentation_net(TINY_MODEL, CLASSES, WINDOW, seed=3) for _ in range(2))
     c = build_segmentation_net(TINY_MODEL, CLASSES, WINDOW, seed=4)
     torch.testing.assert_close(a.state_dict(), b.state_dict())
-    assert not torch.equal(a.head[-1].weight, c.head[-1].weight)
+    assert not torch.equal(a.head.out.weight, c.head.out.weight)
 
 
 def test_init_from_an_alice_checkpoint_copies_the_student_backbone(alice_checkpoint, tmp_path):

@@ -70,7 +70,7 @@ def test_stop_then_resume_continues_at_the_saved_step_as_a_straight_run(labelled
 def test_a_different_config_or_a_used_folder_is_refused_with_the_keys_named(finished_run, labelled_cohort):
     config = tiny_finetune_config(labelled_cohort, steps=12)
     changed = dataclasses.replace(config, optim=dataclasses.replace(config.optim, lr=1e-3))
-    with pytest.raises(InputError, match=r"differing keys: optim.lr: 0.003 -> 0.001"):
+    with pytest.raises(InputError, match=r"differing keys: optim.lr: 0.01 -> 0.001"):
         finetune(changed, finished_run, resume=True)
     with pytest.raises(InputError, match="already holds a run"):
         finetune(config, finished_run)
