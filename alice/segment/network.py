@@ -64,10 +64,11 @@ class SegmentationHead(nn.Module):
     Pretraining trains the token sets with Alice's alignment losses, and the last decoder map with reconstruction
     alone: a linear layer on that map, trained with the backbone frozen, found no more organs in pretrained than in
     random weights (mean Dice 0.045 against 0.047 on the held-out pseudo-subjects). So the new layer also reads
-    the tokens, upsampled to the map's grid (the comparison it gives: bench/RESULTS.md, segmentation). The map is instance-normalised (per crop and channel, as nnU-Net normalises): the layer gets its spatial
-    variation, not the part shared by the whole crop, so it does not learn the class priors first. The tokens are
-    layer-normalised per place: what a coarse token shares with the whole crop says where in the body the crop is.
-    The output layer is a transposed conv of the reconstruction layer's stride.
+    the tokens, upsampled to the map's grid (the comparison it gives: bench/RESULTS.md, segmentation). The map is
+    instance-normalised (per crop and channel, as nnU-Net normalises): the layer gets its spatial variation, not
+    the part shared by the whole crop, so it does not learn the class priors first. The tokens are layer-normalised
+    per place: what a coarse token shares with the whole crop says where in the body the crop is. The output layer
+    is a transposed conv of the reconstruction layer's stride.
 
     Args:
         config: the backbone's widths.
@@ -79,10 +80,10 @@ class SegmentationHead(nn.Module):
     def __init__(self, config: ModelConfig, num_classes: int, token_grid: dict, stride: int):
         super().__init__()
         self.token_grid = {key: tuple(token_grid[key]) for key in HEAD_TOKENS}
+        token_widths = {"dec_tokens": config.dec_dim, "enc_tokens": config.enc_dim}
         self.features_norm = nn.InstanceNorm3d(config.feature_size, affine=True)
-        self.token_norms = nn.ModuleDict({"dec_tokens": nn.LayerNorm(config.dec_dim),
-                                          "enc_tokens": nn.LayerNorm(config.enc_dim)})
-        width = config.feature_size + config.dec_dim + config.enc_dim
+        self.token_norms = nn.ModuleDict({key: nn.LayerNorm(token_widths[key]) for key in HEAD_TOKENS})
+        width = config.feature_size + sum(token_widths[key] for key in HEAD_TOKENS)
         self.out = nn.ConvTranspose3d(width, num_classes, stride, stride=stride)
 
     def forward(self, backbone_out: dict[str, torch.Tensor]) -> torch.Tensor:
